@@ -1,0 +1,1 @@
+"""Initializer search for Keras CNNs with Optuna, MLflow and Hydra."""

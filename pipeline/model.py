@@ -1,0 +1,110 @@
+"""The functional-API model builder: layer configs plus a layer-to-initializer mapping.
+
+This module knows nothing of Optuna or MLflow. An initializer is given as a Keras
+config, ``{"class_name": ..., "config": {...}}``, under the name of its layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import keras
+
+from pipeline.config import KERNEL_LAYER_TYPES, LayerConfig, ModelConfig
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def kernel_layers(model: ModelConfig) -> list[str]:
+    """Return the names of the layers that have a kernel, in model order."""
+    return [layer.name for layer in model.layers if layer.type in KERNEL_LAYER_TYPES]
+
+
+def _make_layer(spec: LayerConfig, initializer: Any) -> keras.layers.Layer:
+    if spec.type == "conv2d":
+        return keras.layers.Conv2D(
+            filters=spec.filters,
+            kernel_size=spec.kernel_size,
+            strides=spec.strides,
+            padding=spec.padding,
+            activation=spec.activation,
+            kernel_initializer=initializer,
+            name=spec.name,
+        )
+    if spec.type == "dense":
+        return keras.layers.Dense(
+            units=spec.units,
+            activation=spec.activation,
+            kernel_initializer=initializer,
+            name=spec.name,
+        )
+    if spec.type == "max_pool":
+        return keras.layers.MaxPooling2D(pool_size=spec.pool_size, name=spec.name)
+    if spec.type == "average_pool":
+        return keras.layers.AveragePooling2D(pool_size=spec.pool_size, name=spec.name)
+    if spec.type == "global_average_pool":
+        return keras.layers.GlobalAveragePooling2D(name=spec.name)
+    if spec.type == "flatten":
+        return keras.layers.Flatten(name=spec.name)
+    if spec.type == "dropout":
+        return keras.layers.Dropout(rate=spec.rate, name=spec.name)
+
+    raise UserError(f"Layer {spec.name!r} has unknown type {spec.type!r}.")
+
+
+def build_model(
+    model: ModelConfig,
+    initializers: Mapping[str, Mapping[str, Any]] | None = None,
+    num_classes: int | None = None,
+) -> keras.Model:
+    """Build the model, giving each kernel layer the initializer mapped to its name.
+
+    A kernel layer missing from ``initializers`` keeps Keras' default, glorot_uniform.
+    With ``num_classes`` set, the output must be one probability per class.
+    """
+    initializers = dict(initializers or {})
+    unknown = sorted(set(initializers) - set(kernel_layers(model)))
+    if unknown:
+        raise UserError(
+            f"Initializers were given for layers {unknown}, which model {model.name!r} lacks "
+            f"or which have no kernel; its kernel layers are {', '.join(kernel_layers(model))}."
+        )
+
+    inputs = keras.Input(shape=tuple(model.input_shape), name="image")
+    outputs = inputs
+    for spec in model.layers:
+        initializer = "glorot_uniform"
+        if spec.name in initializers:
+            initializer = keras.initializers.get(dict(initializers[spec.name]))
+        try:
+            outputs = _make_layer(spec, initializer)(outputs)
+        except ValueError as error:
+            raise UserError(
+                f"Layer {spec.name!r} of model {model.name!r} does not fit its input of shape "
+                f"{tuple(outputs.shape)}: {error}"
+            ) from error
+
+    if len(outputs.shape) != 2:
+        raise UserError(
+            f"Model {model.name!r} ends with shape {tuple(outputs.shape)}, but it must end with "
+            f"(batch, classes); add a flatten or global_average_pool layer before the dense layers."
+        )
+
+    if num_classes is not None and outputs.shape[-1] != num_classes:
+        raise UserError(
+            f"Model {model.name!r} has {outputs.shape[-1]} output units but the data has "
+            f"{num_classes} classes; set the last layer's units to {num_classes}."
+        )
+
+    return keras.Model(inputs=inputs, outputs=outputs, name=model.name)
+
+
+def kernel_shapes(model: ModelConfig, num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Build the model once with default initializers and return each kernel's shape."""
+    built = build_model(model, num_classes=num_classes)
+    shapes = {name: tuple(built.get_layer(name).kernel.shape) for name in kernel_layers(model)}
+    del built
+    keras.backend.clear_session()
+    return shapes

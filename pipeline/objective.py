@@ -1,0 +1,141 @@
+"""One trial: sample initializers, build the model, train with pruning, and record the result.
+
+The trial's value is the validation accuracy after the last epoch. The test set is
+never used here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+import keras
+import optuna
+from optuna_integration import KerasPruningCallback
+
+from pipeline import training
+from pipeline.config import SearchConfig, plain_dict
+from pipeline.model import build_model
+from pipeline.space import SearchSpace, suggest
+from pipeline.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+MONITOR = "val_accuracy"
+
+
+class TrialFailed(RuntimeError):
+    """A trial that ended without a value; the study records it as FAIL and goes on."""
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Log each epoch's metrics to the trial's MLflow run (step = epoch) and to the log."""
+
+    def __init__(self, tracker: Tracker, run_id: str, trial_number: int, epochs: int, progress: bool) -> None:
+        super().__init__()
+        self._tracker = tracker
+        self._run_id = run_id
+        self._trial_number = trial_number
+        self._epochs = epochs
+        self._progress = progress
+        self.last_epoch = -1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {key: float(value) for key, value in (logs or {}).items() if key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        self._tracker.log_epoch(self._run_id, epoch, logs)
+        self.last_epoch = epoch
+        if self._progress:
+            logger.info(
+                "trial %d epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f",
+                self._trial_number, epoch + 1, self._epochs,
+                logs.get("loss", float("nan")), logs.get("accuracy", float("nan")),
+                logs.get("val_loss", float("nan")), logs.get("val_accuracy", float("nan")),
+            )
+
+
+def fixed_params(config: SearchConfig, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the hyperparameters a trial did not search, as MLflow params."""
+    train = plain_dict(config.train)
+    for name, value in hyperparameters.items():
+        train[name] = value
+    params = {f"train.{key}": value for key, value in train.items() if key != "progress"}
+    params["model.name"] = config.model.name
+    params["space"] = config.space
+    for key in ("path", "validation_fraction", "split_seed", "train_subset", "val_subset"):
+        params[f"data.{key}"] = getattr(config.data, key)
+    return params
+
+
+def _summary(initializers: Mapping[str, str], hyperparameters: Mapping[str, Any]) -> str:
+    parts = [f"{layer}={label}" for layer, label in initializers.items()]
+    parts += [f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}" for name, value in hyperparameters.items()]
+    return " ".join(parts)
+
+
+class Objective:
+    """The callable that ``study.optimize`` runs once per trial."""
+
+    def __init__(self, config: SearchConfig, dataset: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.space = space
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        sample = suggest(trial, self.space)
+        seed = self.config.train.seed + trial.number
+        trial.set_user_attr("seed", seed)
+
+        params = {**{f"{layer}.kernel_initializer": label for layer, label in sample.initializers.items()}}
+        params.update({name: value for name, value in sample.hyperparameters.items()})
+        params.update(fixed_params(self.config, sample.hyperparameters))
+        run_id = self.tracker.start_trial(self.parent_run_id, trial.number, params, seed)
+        trial.set_user_attr("mlflow_run_id", run_id)
+
+        summary = _summary(sample.initializers, sample.hyperparameters)
+        logger.info("trial %d started: %s (seed %d)", trial.number, summary, seed)
+        started = time.monotonic()
+        recorder = EpochRecorder(self.tracker, run_id, trial.number, self.config.train.epochs, self.config.train.progress)
+        try:
+            value = self._train(trial, sample, seed, recorder)
+        except optuna.TrialPruned:
+            self.tracker.end_trial(run_id, "PRUNED", pruned_at_epoch=recorder.last_epoch)
+            logger.info("trial %d pruned at epoch %d after %.1f s", trial.number, recorder.last_epoch + 1, time.monotonic() - started)
+            raise
+        except training.NonFiniteLossError as error:
+            reason = f"non-finite loss: {error}"
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.end_trial(run_id, "FAIL", fail_reason=reason)
+            logger.warning("trial %d failed after %.1f s: %s", trial.number, time.monotonic() - started, reason)
+            raise TrialFailed(reason) from error
+        except BaseException as error:
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.end_trial(run_id, "FAIL", fail_reason=reason)
+            logger.warning("trial %d failed after %.1f s: %s", trial.number, time.monotonic() - started, reason, exc_info=not isinstance(error, KeyboardInterrupt))
+            raise
+        finally:
+            training.release_memory()
+
+        self.tracker.end_trial(run_id, "COMPLETE", value=value)
+        logger.info("trial %d finished: %s = %.4f in %.1f s", trial.number, MONITOR, value, time.monotonic() - started)
+        return value
+
+    def _train(self, trial: optuna.Trial, sample: Any, seed: int, recorder: EpochRecorder) -> float:
+        training.seed_everything(seed)
+        initializers = {layer: self.space.initializers[label].keras_config() for layer, label in sample.initializers.items()}
+        model = build_model(self.config.model, initializers, num_classes=len(self.dataset.class_names))
+        callbacks = [recorder, training.StopOnNonFiniteLoss(), KerasPruningCallback(trial, MONITOR)]
+        history = training.fit(
+            model,
+            self.dataset,
+            self.config.train,
+            seed,
+            callbacks,
+            learning_rate=sample.hyperparameters.get("learning_rate"),
+            momentum=sample.hyperparameters.get("momentum"),
+            batch_size=sample.hyperparameters.get("batch_size"),
+        )
+        return history[MONITOR][-1]

@@ -1,0 +1,199 @@
+"""Optuna storage, sampler, pruner and the study budget.
+
+``study.n_trials`` is a total for the study: trials that finished in earlier runs
+(complete, pruned or failed) count against it, so a rerun only adds what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from pipeline.config import StudyConfig, absolute_path
+from pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+FINISHED_STATES = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
+JOURNAL_PREFIX = "journal:"
+_SQLITE_PREFIX = "sqlite:///"
+# A worker that sends no heartbeat for this long has died; its RUNNING trial becomes FAIL.
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 90
+
+
+def resolve_storage_url(url: str) -> str:
+    """Make relative SQLite and journal paths absolute against the start directory."""
+    if url.startswith(JOURNAL_PREFIX):
+        return JOURNAL_PREFIX + absolute_path(url[len(JOURNAL_PREFIX):])
+
+    if url.startswith(_SQLITE_PREFIX) and not os.path.isabs(url[len(_SQLITE_PREFIX):]):
+        return _SQLITE_PREFIX + absolute_path(url[len(_SQLITE_PREFIX):])
+
+    return url
+
+
+def _check_folder_writable(path: str) -> None:
+    existing = Path(path).parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"study.storage points to {path}, but the folder {existing} cannot be written; "
+            f"choose a path in a writable folder."
+        )
+
+
+def check_storage_url(url: str) -> None:
+    """Reject a malformed storage URL or an unwritable file location, creating nothing."""
+    if url.startswith(JOURNAL_PREFIX):
+        path = url[len(JOURNAL_PREFIX):]
+        if not path:
+            raise UserError("study.storage journal: needs a file path, such as journal:mlruns/optuna.journal.")
+        _check_folder_writable(path)
+        return
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    hint = "use sqlite:///mlruns/optuna.db, a database URL such as postgresql://user@host/db, or journal:<file>"
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except ArgumentError as error:
+        raise UserError(f"study.storage {url!r} is not a valid storage URL; {hint}.") from error
+    except NoSuchModuleError as error:
+        raise UserError(
+            f"study.storage {url!r} names a database driver that is not installed or does not "
+            f"exist ({error}); install the driver or {hint}."
+        ) from error
+
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise UserError(f"study.storage {url!r} has no database file, so the study would be lost; {hint}.")
+        _check_folder_writable(parsed.database)
+
+
+def create_storage(
+    url: str, failed_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+) -> optuna.storages.BaseStorage:
+    """Open the storage, with heartbeats on databases so dead workers' trials end as FAIL.
+
+    Optuna calls ``failed_trial_callback`` for each trial it marks FAIL that way.
+    """
+    if url.startswith(JOURNAL_PREFIX):
+        path = url[len(JOURNAL_PREFIX):]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(path)
+        return optuna.storages.JournalStorage(backend)
+
+    if url.startswith(_SQLITE_PREFIX):
+        Path(url[len(_SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
+
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=HEARTBEAT_GRACE_S,
+            failed_trial_callback=failed_trial_callback,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+        )
+    except Exception as error:  # SQLAlchemy raises driver-specific types for one cause.
+        raise UserError(f"study.storage {url!r} could not be opened: {error}") from error
+
+
+def create_sampler(config: StudyConfig, grid_space: Callable[[], dict] | None, seed_offset: int) -> optuna.samplers.BaseSampler:
+    """Create the sampler; ``seed_offset`` (the trials already in the study) keeps reruns from repeating draws."""
+    seed = config.seed + seed_offset
+    if config.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(config.n_startup_trials, 1))
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(), seed=seed)
+
+    raise UserError(f"study.sampler must be tpe, random or grid but got {config.sampler!r}.")
+
+
+def create_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Create the pruner; steps are epochs, counted from 0."""
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps
+        )
+    if config.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=config.min_resource, reduction_factor=config.reduction_factor
+        )
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=config.min_resource, reduction_factor=config.reduction_factor
+        )
+    if config.pruner == "none":
+        return optuna.pruners.NopPruner()
+
+    raise UserError(
+        f"study.pruner must be median, successive_halving, hyperband or none but got {config.pruner!r}."
+    )
+
+
+def open_study(config: StudyConfig, storage: optuna.storages.BaseStorage, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create the study or load it by name; a loaded study must maximize like a new one."""
+    try:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except Exception as error:  # Storage back ends raise their own types for one cause.
+        raise UserError(f"Study {config.name!r} could not be created or loaded: {error}") from error
+
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise UserError(
+            f"Study {config.name!r} already exists and minimizes; choose another study.name."
+        )
+
+    return study
+
+
+def load_existing_study(config: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Load a study that must exist already, for export."""
+    try:
+        return optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError as error:
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        raise UserError(
+            f"Study {config.name!r} was not found in {config.storage}; the studies there are "
+            f"{names or 'none'}. Set study.name= or study.storage=, or run pipeline.search first."
+        ) from error
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def remaining_trials(config: StudyConfig, study: optuna.Study) -> int | None:
+    """Return how many trials this run may add, or None when only a timeout limits it."""
+    if config.n_trials is None:
+        return None
+
+    return max(config.n_trials - count_finished(study), 0)
+
+
+def budget_callback(config: StudyConfig) -> Any:
+    """Stop every worker once the study holds ``n_trials`` finished trials."""
+    if config.n_trials is None:
+        return None
+
+    return optuna.study.MaxTrialsCallback(config.n_trials, states=FINISHED_STATES)

@@ -1,0 +1,133 @@
+"""Compile and fit one model: optimizer, input pipeline, seeds and the non-finite loss guard.
+
+This module knows nothing of Optuna or MLflow; callers pass their callbacks in.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from pipeline.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# Base tf.data datasets over the arrays, built once per process, because
+# from_tensor_slices copies the arrays into TensorFlow's memory.
+_BASE_DATASETS: dict[tuple[int, int], Any] = {}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss, so the trial cannot give a result."""
+
+    def __init__(self, epoch: int, metric: str, value: float) -> None:
+        super().__init__(f"{metric} became {value} at epoch {epoch}")
+        self.epoch = epoch
+        self.metric = metric
+        self.value = value
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise ``NonFiniteLossError`` at the end of an epoch whose loss is NaN or infinite.
+
+    The check runs per epoch, not per batch, to keep the train loop free of host syncs.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        for metric in ("loss", "val_loss"):
+            value = logs.get(metric)
+            if value is not None and not math.isfinite(float(value)):
+                raise NonFiniteLossError(epoch, metric, float(value))
+
+
+def make_optimizer(train: TrainConfig, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate)
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    if train.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate, momentum=momentum)
+
+    raise ValueError(f"train.optimizer must be adam, adamw, sgd or rmsprop but got {train.optimizer!r}")
+
+
+def _base_dataset(x: np.ndarray, y: np.ndarray) -> Any:
+    import tensorflow as tf
+
+    key = (id(x), id(y))
+    if key not in _BASE_DATASETS:
+        _BASE_DATASETS[key] = tf.data.Dataset.from_tensor_slices((x, y))
+    return _BASE_DATASETS[key]
+
+
+def _fit_inputs(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, batch_size: int, buffer: int, seed: int) -> dict:
+    """Return the keyword arguments of ``fit`` for the data, with tf.data on TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True, "validation_data": (x_val, y_val)}
+
+    import tensorflow as tf
+
+    train_data = (
+        _base_dataset(x, y)
+        .shuffle(min(buffer, len(x)), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_data = _base_dataset(x_val, y_val).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return {"x": train_data, "validation_data": val_data}
+
+
+def fit(
+    model: keras.Model,
+    data: Any,
+    train: TrainConfig,
+    seed: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    learning_rate: float | None = None,
+    momentum: float | None = None,
+    batch_size: int | None = None,
+) -> dict[str, list[float]]:
+    """Compile and train ``model`` on ``data`` (a ``pipeline.data.Dataset``), returning the history.
+
+    Keras calls ``callbacks`` in order, so put ``StopOnNonFiniteLoss`` before a pruning callback.
+
+    ``learning_rate``, ``momentum`` and ``batch_size`` override the train config when a
+    search space samples them.
+    """
+    learning_rate = train.learning_rate if learning_rate is None else learning_rate
+    momentum = train.momentum if momentum is None else momentum
+    batch_size = train.batch_size if batch_size is None else int(batch_size)
+
+    model.compile(
+        optimizer=make_optimizer(train, learning_rate, momentum),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=train.jit_compile,
+    )
+    inputs = _fit_inputs(data.x_train, data.y_train, data.x_val, data.y_val, batch_size, train.shuffle_buffer, seed)
+    history = model.fit(
+        epochs=train.epochs,
+        callbacks=list(callbacks),
+        verbose=0,
+        **inputs,
+    )
+    return {name: [float(value) for value in values] for name, values in history.history.items()}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the backend, so initial weights and shuffles follow ``seed``."""
+    keras.utils.set_random_seed(seed)
+
+
+def release_memory() -> None:
+    """Drop the finished trial's graphs and weights, so memory does not grow per trial."""
+    keras.backend.clear_session()
+    gc.collect()
