@@ -83,7 +83,7 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
 
     storage_url, space, dataset = _prepare(config)
     tracker = Tracker(config.tracking, config.study.name)
-    storage = study_module.create_storage(storage_url, failed_trial_callback=lambda s, t: _close_stale_run(tracker, s, t))
+    storage = study_module.create_storage(storage_url, stale_trial_callback=lambda s, t: _close_stale_run(tracker, s, t))
     study = study_module.open_study(config.study, storage, study_module.create_pruner(config.study))
     study.sampler = study_module.create_sampler(config.study, lambda: space_module.grid(space), seed_offset=len(study.trials))
     parent_id = tracker.start_parent(storage_url, resolved)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,7 +71,7 @@ def check_storage_url(url: str) -> None:
         parsed = make_url(url)
         parsed.get_dialect()
     except ArgumentError as error:
-        raise UserError(f"study.storage {url!r} is not a valid storage URL; {hint}.") from error
+        raise UserError(f"study.storage {url!r} is not a valid storage URL ({error}); {hint}.") from error
     except NoSuchModuleError as error:
         raise UserError(
             f"study.storage {url!r} names a database driver that is not installed or does not "
@@ -84,11 +85,11 @@ def check_storage_url(url: str) -> None:
 
 
 def create_storage(
-    url: str, failed_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+    url: str, stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
 ) -> optuna.storages.BaseStorage:
     """Open the storage, with heartbeats on databases so dead workers' trials end as FAIL.
 
-    Optuna calls ``failed_trial_callback`` for each trial it marks FAIL that way.
+    Optuna calls ``stale_trial_callback`` for each trial it marks FAIL that way.
     """
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
@@ -100,13 +101,16 @@ def create_storage(
         Path(url[len(_SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
 
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=HEARTBEAT_GRACE_S,
-            failed_trial_callback=failed_trial_callback,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        )
+        with warnings.catch_warnings():
+            # Heartbeats are marked experimental in Optuna 5; the interface is pinned below 6.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=HEARTBEAT_GRACE_S,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
     except Exception as error:  # SQLAlchemy raises driver-specific types for one cause.
         raise UserError(f"study.storage {url!r} could not be opened: {error}") from error
 

@@ -82,7 +82,7 @@ def _fit_inputs(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarr
         .prefetch(tf.data.AUTOTUNE)
     )
     val_data = _base_dataset(x_val, y_val).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return {"x": train_data, "validation_data": val_data}
+    return {"x": train_data, "validation_data": val_data, "shuffle": False}
 
 
 def fit(
