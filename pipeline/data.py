@@ -85,7 +85,7 @@ _ALLOWED_PICKLE_GLOBALS = frozenset(
 _Content = Union[bytes, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: compare and hash by identity, not by arrays
 class Dataset:
     """CIFAR-10 split into train, validation and test arrays, ready to train on.
 
@@ -954,7 +954,10 @@ def _build_dataset(raw: _RawData, config: DataConfig) -> Dataset:
             num_classes,
         )
 
-    train_indices = np.sort(np.concatenate(train_parts))
+    # The training order is shuffled once here, because a class-folder tree arrives sorted
+    # by class and a bounded shuffle buffer in the input pipeline cannot undo that.
+    order_rng = np.random.default_rng([config.split_seed, 2])
+    train_indices = order_rng.permutation(np.concatenate(train_parts))
     val_indices = np.sort(np.concatenate(val_parts))
     if config.test_subset is None:
         test_indices = np.arange(len(raw.y_test))

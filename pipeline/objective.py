@@ -102,7 +102,10 @@ class Objective:
             value = self._train(trial, sample, seed, recorder)
         except optuna.TrialPruned:
             self.tracker.end_trial(run_id, "PRUNED", pruned_at_epoch=recorder.last_epoch)
-            logger.info("trial %d pruned at epoch %d after %.1f s", trial.number, recorder.last_epoch + 1, time.monotonic() - started)
+            logger.info(
+                "trial %d pruned after epoch %d/%d in %.1f s",
+                trial.number, recorder.last_epoch + 1, self.config.train.epochs, time.monotonic() - started,
+            )
             raise
         except training.NonFiniteLossError as error:
             reason = f"non-finite loss: {error}"

@@ -30,6 +30,7 @@ SEED_TAG = "trial.seed"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 _MAX_TAG_LENGTH = 5000
+SERVER_TIMEOUT_S = 10
 
 
 def resolve_uri(uri: str) -> str:
@@ -72,6 +73,21 @@ def _check_writable_parent(path: str, key: str) -> None:
         )
 
 
+def _check_server(uri: str) -> None:
+    """Ask the tracking server's health endpoint, because MLflow's own retries take minutes."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise UserError(
+            f"The MLflow tracking server at {redact_url(uri)} could not be opened: {error}. "
+            f"Start the server or fix tracking.uri."
+        ) from error
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_TAG_LENGTH else text[: _MAX_TAG_LENGTH - 3] + "..."
 
@@ -87,6 +103,8 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
+        if self.uri.startswith(("http://", "https://")):
+            _check_server(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = config.experiment or study_name
         self.study_name = study_name

@@ -298,6 +298,15 @@ def test_load_dataset_split_proportions(batches):
     assert dataset.source == f"CIFAR-10 python batches in {folder}"
 
 
+def test_load_dataset_training_order_mixes_classes(tmp_path):
+    write_tree(tmp_path, train_per_class=12)
+
+    dataset = data.load_dataset(config_for(tmp_path, validation_fraction=0.25))
+
+    assert np.any(np.diff(dataset.y_train) < 0)
+    assert np.bincount(dataset.y_train[:9]).max() < 9
+
+
 def test_load_dataset_split_partitions_train(batches):
     folder, (x_train, _, _, _) = batches
 
