@@ -97,6 +97,9 @@ class StudyConfig:
     n_warmup_steps: int = 0
     min_resource: int = 1
     reduction_factor: int = 3
+    heartbeat_interval: int = 30
+    grace_period: int = 90
+    retry_lost_trials: bool = False
 
 
 @dataclass
@@ -117,6 +120,29 @@ class ExportConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Signal-propagation checks on one fixed batch before a trial's first epoch."""
+
+    enabled: bool = True
+    batch_size: int = 256
+    prune_dead: bool = False
+
+
+@dataclass
+class ConfirmConfig:
+    """``pipeline.confirm``: retrain a candidate and a baseline on the same seeds.
+
+    ``candidate`` and ``baseline`` are search-space files that fix every layer, such as
+    an export; ``baseline`` null means Keras' default, glorot_uniform everywhere.
+    """
+
+    candidate: Optional[str] = None
+    baseline: Optional[str] = None
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    confidence: float = 0.95
+
+
+@dataclass
 class SearchConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -124,6 +150,8 @@ class SearchConfig:
     study: StudyConfig = MISSING
     tracking: TrackingConfig = MISSING
     export: ExportConfig = field(default_factory=ExportConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     space: str = "default"
 
 
@@ -244,6 +272,14 @@ def _validate_study(study: StudyConfig) -> None:
         )
 
     _check_positive("study.min_resource", study.min_resource)
+    _check_positive("study.heartbeat_interval", study.heartbeat_interval)
+    if study.grace_period <= study.heartbeat_interval:
+        raise UserError(
+            f"study.grace_period must be longer than study.heartbeat_interval "
+            f"({study.heartbeat_interval} s) but got {study.grace_period!r}."
+        )
+    if any(quote in study.name for quote in "'\"`"):
+        raise UserError(f"study.name must not contain quotes but got {study.name!r}.")
     if study.reduction_factor < 2:
         raise UserError(f"study.reduction_factor must be 2 or more but got {study.reduction_factor!r}.")
 

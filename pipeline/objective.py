@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import keras
 import optuna
@@ -19,6 +19,7 @@ from pipeline.config import SearchConfig, plain_dict
 from pipeline.model import build_model
 from pipeline.space import SearchSpace, suggest
 from pipeline.tracking import Tracker
+from pipeline.workers import LOST_ATTR, RETRY_OF_ATTR, WORKER_ATTR, worker_identity
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,16 @@ def _summary(initializers: Mapping[str, str], hyperparameters: Mapping[str, Any]
 class Objective:
     """The callable that ``study.optimize`` runs once per trial."""
 
-    def __init__(self, config: SearchConfig, dataset: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str) -> None:
+    def __init__(
+        self,
+        config: SearchConfig,
+        dataset: Any,
+        space: SearchSpace,
+        tracker: Tracker,
+        parent_run_id: str,
+        on_trial_start: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_trial_start = on_trial_start
         self.config = config
         self.dataset = dataset
         self.space = space
@@ -84,6 +94,9 @@ class Objective:
         self.parent_run_id = parent_run_id
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.on_trial_start is not None:
+            self.on_trial_start()
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
         sample = suggest(trial, self.space)
         seed = self.config.train.seed + trial.number
         trial.set_user_attr("seed", seed)
@@ -113,11 +126,20 @@ class Objective:
             self.tracker.end_trial(run_id, "FAIL", fail_reason=reason)
             logger.warning("trial %d failed after %.1f s: %s", trial.number, time.monotonic() - started, reason)
             raise TrialFailed(reason) from error
-        except BaseException as error:
+        except KeyboardInterrupt as error:
+            reason = f"interrupted by {error or 'KeyboardInterrupt'} during training"
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(LOST_ATTR, True)
+            self.tracker.end_trial(run_id, "FAIL", fail_reason=reason)
+            if self.config.study.retry_lost_trials:
+                trial.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+            logger.warning("trial %d %s after %.1f s", trial.number, reason, time.monotonic() - started)
+            raise
+        except Exception as error:
             reason = f"{type(error).__name__}: {error}"
             trial.set_user_attr("fail_reason", reason)
             self.tracker.end_trial(run_id, "FAIL", fail_reason=reason)
-            logger.warning("trial %d failed after %.1f s: %s", trial.number, time.monotonic() - started, reason, exc_info=not isinstance(error, KeyboardInterrupt))
+            logger.warning("trial %d failed after %.1f s: %s", trial.number, time.monotonic() - started, reason, exc_info=True)
             raise
         finally:
             training.release_memory()

@@ -1,7 +1,8 @@
 """Entry point: ``python -m pipeline.search`` runs one initializer study per composed config.
 
 Exit codes: 0 when the study ran or its budget was already spent, 2 for a user error
-(reported in one message, before any study or run is created), 130 when interrupted.
+(reported in one message, before any study or run is created), 130 after SIGINT
+(Ctrl-C) and 143 after SIGTERM, with the running trial recorded as FAIL.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -24,7 +26,6 @@ from pipeline.errors import UserError  # noqa: E402
 logger = logging.getLogger("pipeline.search")
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def _prepare(config: SearchConfig) -> tuple:
@@ -50,14 +51,6 @@ def _prepare(config: SearchConfig) -> tuple:
     return storage_url, space, dataset
 
 
-def _close_stale_run(tracker, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Close the MLflow run of a trial that Optuna failed because its worker stopped."""
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    logger.warning("trial %d of a stopped worker is marked FAIL", trial.number)
-    if run_id:
-        tracker.end_trial(run_id, "FAIL", fail_reason="the worker running this trial stopped sending heartbeats")
-
-
 def _summary(study: optuna.Study) -> tuple[dict, dict]:
     counts = {state.name: 0 for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
     for trial in study.get_trials(deepcopy=False):
@@ -73,46 +66,95 @@ def _summary(study: optuna.Study) -> tuple[dict, dict]:
     return metrics, tags
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread so the running trial ends cleanly."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+def _raise_interrupted(signal_number: int, frame: object) -> None:
+    raise Interrupted(signal_number)
+
+
+def _budget_spent(config: SearchConfig, study: optuna.Study, deadline: float | None) -> bool:
+    from pipeline.workers import used_budget
+
+    if deadline is not None and time.monotonic() >= deadline:
+        return True
+
+    if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+        return True
+
+    # Waiting trials (queued by enqueue_trial or a retry) are part of the budget and still run.
+    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        return False
+
+    return config.study.n_trials is not None and used_budget(study) >= config.study.n_trials
+
+
+def _optimize(config: SearchConfig, study: optuna.Study, objective, gate, recover) -> None:
+    """Run trials one at a time until the budget or the timeout is spent."""
+    from pipeline.objective import TrialFailed
+
+    deadline = None if config.study.timeout is None else time.monotonic() + config.study.timeout
+    while True:
+        gate.acquire()
+        try:
+            recover()
+            if _budget_spent(config, study, deadline):
+                return
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+        finally:
+            gate.release()
+
+
 def run_search(config: SearchConfig, resolved: dict) -> int:
     """Run the study that ``config`` describes and return the exit code."""
     from pipeline import space as space_module
     from pipeline import study as study_module
+    from pipeline import workers
     from pipeline.best import best_document
-    from pipeline.objective import Objective, TrialFailed
+    from pipeline.objective import Objective
     from pipeline.tracking import Tracker
 
     storage_url, space, dataset = _prepare(config)
-    tracker = Tracker(config.tracking, config.study.name)
-    storage = study_module.create_storage(storage_url, stale_trial_callback=lambda s, t: _close_stale_run(tracker, s, t))
-    study = study_module.open_study(config.study, storage, study_module.create_pruner(config.study))
-    study.sampler = study_module.create_sampler(config.study, lambda: space_module.grid(space), seed_offset=len(study.trials))
-    parent_id = tracker.start_parent(storage_url, resolved)
+    retry = config.study.retry_lost_trials
+    gate = workers.TrialGate(storage_url)
+    gate.acquire()
+    try:
+        tracker = Tracker(config.tracking, config.study.name)
+        close_run = lambda run_id, reason: tracker.end_trial(run_id, "FAIL", fail_reason=reason)  # noqa: E731
+        storage = study_module.create_storage(storage_url, config.study, workers.stale_trial_callback(retry, close_run))
+        study = study_module.open_study(config.study, storage, study_module.create_pruner(config.study))
+        study.sampler = study_module.create_sampler(config.study, lambda: space_module.grid(space), seed_offset=len(study.trials))
+        parent_id = tracker.start_parent(storage_url, resolved)
+        workers.recover_dead_workers(study, retry, close_run)
+        used = workers.used_budget(study)
+    finally:
+        gate.release()
 
-    remaining = study_module.remaining_trials(config.study, study)
     logger.info(
-        "study %r in %s: %d trials finished, %s to run; MLflow parent run %s",
-        study.study_name, redact_url(storage_url), study_module.count_finished(study),
-        "no count limit" if remaining is None else remaining, parent_id,
+        "study %r in %s: %d of %s trials used; MLflow parent run %s",
+        study.study_name, redact_url(storage_url), used,
+        "unlimited" if config.study.n_trials is None else config.study.n_trials, parent_id,
     )
 
+    objective = Objective(config, dataset, space, tracker, parent_id, on_trial_start=gate.release)
+    previous = {number: signal.signal(number, _raise_interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
     status = "FINISHED"
     exit_code = 0
     started = time.monotonic()
     try:
-        if remaining != 0:
-            budget = study_module.budget_callback(config.study)
-            study.optimize(
-                Objective(config, dataset, space, tracker, parent_id),
-                n_trials=remaining,
-                timeout=config.study.timeout,
-                catch=(TrialFailed,),
-                callbacks=[budget] if budget else None,
-            )
-    except KeyboardInterrupt:
+        _optimize(config, study, objective, gate, lambda: workers.recover_dead_workers(study, retry, close_run))
+    except Interrupted as interruption:
         status = "KILLED"
-        exit_code = EXIT_INTERRUPTED
-        logger.warning("interrupted; the running trial is recorded as FAIL in Optuna and MLflow")
+        exit_code = 128 + interruption.signal_number
+        logger.warning("stopped by %s; the running trial is recorded as FAIL in Optuna and MLflow", interruption)
     finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         metrics, tags = _summary(study)
         metrics["run_wall_time_s"] = time.monotonic() - started
         tracker.end_parent(parent_id, metrics, tags, status)

@@ -26,9 +26,6 @@ FINISHED_STATES = (
 )
 JOURNAL_PREFIX = "journal:"
 _SQLITE_PREFIX = "sqlite:///"
-# A worker that sends no heartbeat for this long has died; its RUNNING trial becomes FAIL.
-HEARTBEAT_INTERVAL_S = 30
-HEARTBEAT_GRACE_S = 90
 
 
 def resolve_storage_url(url: str) -> str:
@@ -85,11 +82,15 @@ def check_storage_url(url: str) -> None:
 
 
 def create_storage(
-    url: str, stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+    url: str,
+    config: StudyConfig | None = None,
+    stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
 ) -> optuna.storages.BaseStorage:
     """Open the storage, with heartbeats on databases so dead workers' trials end as FAIL.
 
-    Optuna calls ``stale_trial_callback`` for each trial it marks FAIL that way.
+    A trial whose worker sent no heartbeat for ``config.grace_period`` seconds is marked
+    FAIL when any worker next starts a trial, and ``stale_trial_callback`` is called
+    for it. The journal storage has no heartbeat in Optuna 5.
     """
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
@@ -106,8 +107,8 @@ def create_storage(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=HEARTBEAT_GRACE_S,
+                heartbeat_interval=config.heartbeat_interval if config else None,
+                grace_period=config.grace_period if config else None,
                 heartbeat_stale_trial_callback=stale_trial_callback,
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
@@ -181,23 +182,3 @@ def load_existing_study(config: StudyConfig, storage: optuna.storages.BaseStorag
             f"Study {config.name!r} was not found in {config.storage}; the studies there are "
             f"{names or 'none'}. Set study.name= or study.storage=, or run pipeline.search first."
         ) from error
-
-
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-
-
-def remaining_trials(config: StudyConfig, study: optuna.Study) -> int | None:
-    """Return how many trials this run may add, or None when only a timeout limits it."""
-    if config.n_trials is None:
-        return None
-
-    return max(config.n_trials - count_finished(study), 0)
-
-
-def budget_callback(config: StudyConfig) -> Any:
-    """Stop every worker once the study holds ``n_trials`` finished trials."""
-    if config.n_trials is None:
-        return None
-
-    return optuna.study.MaxTrialsCallback(config.n_trials, states=FINISHED_STATES)

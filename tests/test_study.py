@@ -11,13 +11,11 @@ import pytest
 from pipeline.config import StudyConfig
 from pipeline.errors import UserError
 from pipeline.study import (
-    budget_callback,
     check_storage_url,
     create_pruner,
     create_sampler,
     create_storage,
     open_study,
-    remaining_trials,
     resolve_storage_url,
 )
 
@@ -98,29 +96,6 @@ def test_create_sampler_seed_offset_changes_draws():
 
     assert draws[0] == draws[1]
     assert draws[0] != draws[2]
-
-
-def test_remaining_trials_counts_earlier_runs(tmp_path):
-    storage = create_storage(f"sqlite:///{tmp_path}/optuna.db")
-    config = study_config(n_trials=5)
-    study = open_study(config, storage, create_pruner(config))
-    for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL):
-        trial = study.ask()
-        study.tell(trial, 0.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-    study.ask()
-
-    assert remaining_trials(config, study) == 2
-    assert remaining_trials(study_config(n_trials=2), study) == 0
-    assert remaining_trials(study_config(n_trials=None, timeout=10), study) is None
-
-
-def test_budget_callback_stops_at_total(tmp_path):
-    storage = create_storage(f"journal:{tmp_path}/journal.log")
-    config = study_config(n_trials=4)
-    study = open_study(config, storage, create_pruner(config))
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=10, callbacks=[budget_callback(config)])
-
-    assert len(study.trials) == 4
 
 
 def test_open_study_rejects_minimizing_study(tmp_path):

@@ -1,0 +1,164 @@
+"""Workers on one study: the trial budget, the start lock, and recovery of lost trials.
+
+A trial is *lost* when its worker was killed or interrupted before the trial ended. Lost
+trials are marked FAIL with the user attribute ``lost`` and do not use the budget, so a
+restarted worker replaces them: with the same parameters when ``study.retry_lost_trials``
+is true, with a fresh sample otherwise.
+
+``study.n_trials`` counts the other trials: complete, pruned, failed in training (for
+example with a non-finite loss), and those running or waiting in any worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any, Callable
+
+import optuna
+import psutil
+from filelock import FileLock
+
+from pipeline.study import JOURNAL_PREFIX
+
+logger = logging.getLogger(__name__)
+
+WORKER_ATTR = "worker"
+LOST_ATTR = "lost"
+RETRY_OF_ATTR = "retry_of"
+_SQLITE_PREFIX = "sqlite:///"
+_LOCK_TIMEOUT_S = 600
+
+State = optuna.trial.TrialState
+
+
+def worker_identity() -> str:
+    """Return ``host:pid:start-time``, which stays unique when the system reuses a pid."""
+    process = psutil.Process()
+    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
+
+
+def _is_dead_local_worker(identity: str) -> bool:
+    try:
+        host, pid, started = identity.rsplit(":", 2)
+        pid_number, start_time = int(pid), float(started)
+    except ValueError:
+        return False
+
+    if host != socket.gethostname():
+        return False
+
+    try:
+        return abs(psutil.Process(pid_number).create_time() - start_time) > 0.05
+    except psutil.NoSuchProcess:
+        return True
+
+
+def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    if trial.state == State.FAIL:
+        return not trial.user_attrs.get(LOST_ATTR, False)
+
+    return True
+
+
+def used_budget(study: optuna.Study) -> int:
+    """Count the trials that use the budget, running and waiting ones included."""
+    return sum(counts_against_budget(trial) for trial in study.get_trials(deepcopy=False))
+
+
+def start_lock_path(storage_url: str) -> str | None:
+    """Return the lock file beside a local storage file, or None for a database server."""
+    if storage_url.startswith(JOURNAL_PREFIX):
+        return storage_url[len(JOURNAL_PREFIX):] + ".lock"
+
+    if storage_url.startswith(_SQLITE_PREFIX):
+        return storage_url[len(_SQLITE_PREFIX):] + ".lock"
+
+    return None
+
+
+class TrialGate:
+    """A lock file beside a local storage that serializes study setup and trial starts.
+
+    Checking the budget and creating the next trial must happen as one step, or several
+    workers that see one free trial would all start one. ``study.optimize(n_trials=1)``
+    creates the trial itself, so the objective calls ``release`` first thing. A database
+    server has no shared file, so there the gate does nothing and the budget may be
+    exceeded by up to one trial per extra worker.
+    """
+
+    def __init__(self, storage_url: str) -> None:
+        path = start_lock_path(storage_url)
+        self._lock = FileLock(path, timeout=_LOCK_TIMEOUT_S) if path else None
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._held = False
+
+    def acquire(self) -> None:
+        if self._lock is not None and not self._held:
+            self._lock.acquire()
+            self._held = True
+
+    def release(self) -> None:
+        if self._lock is not None and self._held:
+            self._lock.release()
+            self._held = False
+
+
+def mark_lost(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    reason: str,
+    retry: bool,
+    close_run: Callable[[str, str], None],
+) -> None:
+    """Record a lost trial as such in Optuna and MLflow, and queue its rerun if asked."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
+    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        close_run(run_id, reason)
+
+    if retry and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+        logger.info("trial %d queued again with the same parameters", trial.number)
+
+
+def recover_dead_workers(study: optuna.Study, retry: bool, close_run: Callable[[str, str], None]) -> list[int]:
+    """Fail the RUNNING trials whose worker process on this machine no longer exists.
+
+    This works without heartbeats, so it also covers the journal storage, and it does
+    not wait for the heartbeat grace period. Trials of workers on other machines are
+    left to the heartbeat.
+    """
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
+        identity = trial.user_attrs.get(WORKER_ATTR)
+        if not identity or not _is_dead_local_worker(identity):
+            continue
+
+        try:
+            changed = study._storage.set_trial_state_values(trial._trial_id, state=State.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            changed = False
+        if not changed:
+            continue
+
+        reason = f"worker {identity} stopped while the trial was running"
+        logger.warning("trial %d marked FAIL: %s", trial.number, reason)
+        mark_lost(study, trial, reason, retry, close_run)
+        recovered.append(trial.number)
+    return recovered
+
+
+def stale_trial_callback(retry: bool, close_run: Callable[[str, str], None]) -> Callable[[optuna.Study, Any], None]:
+    """Return the heartbeat callback for trials Optuna marked FAIL after missed heartbeats."""
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reason = "the worker running this trial stopped sending heartbeats"
+        logger.warning("trial %d marked FAIL: %s", trial.number, reason)
+        mark_lost(study, trial, reason, retry, close_run)
+
+    return on_stale
