@@ -24,6 +24,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 EXPORT_FORMATS = ("yaml", "json")
+PRUNABLE_VERDICTS = ("vanishing", "exploding", "dead")
 
 
 @dataclass
@@ -125,7 +126,7 @@ class DiagnosticsConfig:
 
     enabled: bool = True
     batch_size: int = 256
-    prune_dead: bool = False
+    prune_verdicts: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -291,6 +292,9 @@ def validate(config: SearchConfig) -> None:
     _validate_train(config.train)
     _validate_study(config.study)
     _check_choice("export.format", config.export.format, EXPORT_FORMATS)
+    _check_positive("diagnostics.batch_size", config.diagnostics.batch_size)
+    for verdict in config.diagnostics.prune_verdicts:
+        _check_choice("diagnostics.prune_verdicts", verdict, PRUNABLE_VERDICTS)
 
 
 def absolute_path(path: str) -> str:

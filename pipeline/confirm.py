@@ -2,14 +2,15 @@
 
 ``confirm.candidate`` is a search-space file that fixes every kernel layer to one
 initializer, such as the output of ``pipeline.export``. ``confirm.baseline`` is another
-such file, or null for Keras' default, glorot_uniform on every kernel layer. For each
+such file, or null for Keras' default, glorot_uniform on every kernel layer, with the
+candidate's fixed hyperparameters (such as an exported learning_rate). For each
 seed in ``confirm.seeds``, both are trained for the full ``train.epochs`` without
 pruning and evaluated once on the test set, the only place this project uses it. The
 paired per-seed test accuracies give the verdict (see ``pipeline.verdict``), which is
 printed at the end.
 
 MLflow: the experiment is ``<tracking.experiment or study.name>-confirm``, kept apart
-from the study's trial runs. It holds one parent run named ``confirm`` with the summary,
+from the study's trial runs. It contains one parent run named ``confirm`` with the summary,
 the tag ``verdict``, ``verdict.txt``, ``results.json`` and the candidate model trained with
 the first seed (``model/candidate-seed<seed>.keras``), and one nested run per config and
 seed, named ``candidate-seed<seed>`` or ``baseline-seed<seed>``.
@@ -31,13 +32,16 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Mapping  # noqa: E402
+from typing import TYPE_CHECKING, Any, Mapping  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pipeline.config import ConfirmConfig, SearchConfig, register_configs, to_object, validate  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.verdict import Comparison
 
 logger = logging.getLogger("pipeline.confirm")
 
@@ -51,6 +55,7 @@ FAIL_REASON_TAG = "confirm.fail_reason"
 KERAS_DEFAULT_INITIALIZER = "glorot_uniform"
 MODEL_ARTIFACT_PATH = "model"
 _EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+_MAX_TAG_LENGTH = 5000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +86,10 @@ class RunResult:
     non_finite: str | None
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_TAG_LENGTH else text[: _MAX_TAG_LENGTH - 3] + "..."
+
+
 def _check_confirm_settings(confirm: ConfirmConfig) -> None:
     if not confirm.candidate:
         raise UserError(
@@ -90,7 +99,10 @@ def _check_confirm_settings(confirm: ConfirmConfig) -> None:
 
     seeds = list(confirm.seeds)
     if not seeds:
-        raise UserError("confirm.seeds is empty; list at least 2 seeds, such as confirm.seeds=[0,1,2,3,4].")
+        raise UserError(
+            "confirm.seeds is empty; list the seeds to train with, at least 2 for a confidence "
+            "interval, such as confirm.seeds=[0,1,2,3,4]."
+        )
 
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(
@@ -108,7 +120,12 @@ def _check_confirm_settings(confirm: ConfirmConfig) -> None:
         logger.warning("confirm.seeds has 1 seed, so the result has no confidence interval and no verdict")
 
 
-def _keras_default_arm(kernel_layers: list[str]) -> Arm:
+def _keras_default_arm(kernel_layers: list[str], hyperparameters: Mapping[str, Any]) -> Arm:
+    """Return glorot_uniform on every kernel layer, with the candidate's fixed hyperparameters.
+
+    Sharing the candidate's hyperparameters, such as an exported learning_rate, keeps the
+    initializers the only difference between the two arms.
+    """
     config = {"class_name": KERAS_DEFAULT_INITIALIZER, "config": {}}
     return Arm(
         role="baseline",
@@ -116,7 +133,7 @@ def _keras_default_arm(kernel_layers: list[str]) -> Arm:
         labels={layer: KERAS_DEFAULT_INITIALIZER for layer in kernel_layers},
         keras_configs={layer: config for layer in kernel_layers},
         labelled={},
-        hyperparameters={},
+        hyperparameters=dict(hyperparameters),
         provenance=None,
     )
 
@@ -201,10 +218,10 @@ def _start_parent(tracker: Any, config: SearchConfig, arms: list[Arm], resolved:
     tags = {tracking.ROLE_TAG: ROLE, tracking.STUDY_TAG: config.study.name}
     for arm in arms:
         tags[f"confirm.{arm.role}"] = arm.describe()
-        tags[f"confirm.{arm.role}.provenance"] = tracking._clip(_provenance_tag(arm))
+        tags[f"confirm.{arm.role}.provenance"] = _clip(_provenance_tag(arm))
 
-    # NOTE: Tracker has no public way to create its experiment; this uses the same private
-    # helper as Tracker.start_parent, so the artifact location follows tracking.artifact_location.
+    # NOTE: Tracker has no public method that creates its experiment. This calls the private
+    # helper that Tracker.start_parent uses, so the artifact location follows tracking.artifact_location.
     experiment_id = tracker._ensure_experiment()
     run = tracker.client.create_run(experiment_id, run_name=ROLE, tags=tags)
     run_id = run.info.run_id
@@ -257,7 +274,11 @@ def _epoch_logger(tracker: Any, run_id: str, name: str, epochs: int, progress: b
 
 
 def _train_and_test(config: SearchConfig, dataset: Any, arm: Arm, seed: int, run_id: str, tracker: Any) -> tuple[Any, dict[str, float], str | None]:
-    """Train ``arm`` with ``seed`` and evaluate it on the test set; return the model, test metrics and a non-finite reason."""
+    """Train ``arm`` with ``seed`` and evaluate it on the test set.
+
+    Returns the model, its test metrics, and the reason training stopped early when the
+    loss became NaN or infinite (None otherwise).
+    """
     from pipeline import training
     from pipeline.model import build_model
 
@@ -304,7 +325,7 @@ def _run_one(config: SearchConfig, dataset: Any, arm: Arm, seed: int, tracker: A
             _log_model(tracker, parent_id, model, os.path.join(model_folder, f"{name}.keras"))
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        tracker.client.set_tag(run_id, FAIL_REASON_TAG, f"{type(error).__name__}: {error}"[:5000])
+        tracker.client.set_tag(run_id, FAIL_REASON_TAG, _clip(f"{type(error).__name__}: {error}"))
         tracker.client.set_terminated(run_id, status=status)
         raise
     finally:
@@ -334,7 +355,7 @@ def _log_model(tracker: Any, parent_id: str, model: Any, path: str) -> None:
     logger.info("logged the trained model %s to MLflow run %s", os.path.basename(path), parent_id)
 
 
-def _summary_metrics(comparison: Any) -> dict[str, float]:
+def _summary_metrics(comparison: Comparison) -> dict[str, float]:
     """Return the comparison as parent-run metrics, leaving out the ones that are undefined (NaN)."""
     values = {
         "candidate_test_accuracy_mean": comparison.candidate_mean,
@@ -352,17 +373,21 @@ def _summary_metrics(comparison: Any) -> dict[str, float]:
     return {key: value for key, value in values.items() if not math.isnan(value)}
 
 
-def _finish_parent(tracker: Any, parent_id: str, comparison: Any, results: list[RunResult]) -> None:
-    from pipeline import tracking
+def _finite_or_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace NaN with None, because JSON has no NaN."""
+    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in values.items()}
 
+
+def _finish_parent(tracker: Any, parent_id: str, comparison: Comparison, results: list[RunResult]) -> None:
     tracker.client.log_batch(parent_id, metrics=_metrics(_summary_metrics(comparison)))
     tracker.client.set_tag(parent_id, "verdict", comparison.verdict)
     non_finite = [f"{result.role}-seed{result.seed}" for result in results if result.non_finite]
     if non_finite:
-        tracker.client.set_tag(parent_id, "confirm.non_finite_runs", tracking._clip(" ".join(non_finite)))
+        tracker.client.set_tag(parent_id, "confirm.non_finite_runs", _clip(" ".join(non_finite)))
     tracker.client.log_text(parent_id, comparison.verdict + "\n", "verdict.txt")
-    table = [dataclasses.asdict(result) for result in results]
-    tracker.client.log_dict(parent_id, {"comparison": dataclasses.asdict(comparison), "runs": table}, "results.json")
+    table = [_finite_or_none(dataclasses.asdict(result)) for result in results]
+    summary = _finite_or_none(dataclasses.asdict(comparison))
+    tracker.client.log_dict(parent_id, {"comparison": summary, "runs": table}, "results.json")
     tracker.client.set_terminated(parent_id, status="FINISHED")
 
 
@@ -381,7 +406,13 @@ def _prepare(config: SearchConfig) -> tuple[Arm, Arm, Any]:
     if config.confirm.baseline:
         baseline = _load_arm("baseline", config.confirm.baseline, kernel_layers)
     else:
-        baseline = _keras_default_arm(kernel_layers)
+        baseline = _keras_default_arm(kernel_layers, candidate.hyperparameters)
+    if dict(candidate.hyperparameters) != dict(baseline.hyperparameters):
+        logger.warning(
+            "candidate and baseline fix different hyperparameters (%s and %s), so the comparison "
+            "measures more than the initializers",
+            dict(candidate.hyperparameters), dict(baseline.hyperparameters),
+        )
 
     dataset = load_dataset(config.data)
     shapes = model_module.kernel_shapes(config.model, num_classes=len(dataset.class_names))
@@ -390,7 +421,7 @@ def _prepare(config: SearchConfig) -> tuple[Arm, Arm, Any]:
     return candidate, baseline, dataset
 
 
-def run_confirm(config: SearchConfig, resolved: Mapping[str, Any] | None = None) -> Any:
+def run_confirm(config: SearchConfig, resolved: Mapping[str, Any] | None = None) -> Comparison:
     """Train both arms on every seed, test them, log everything and return the ``Comparison``.
 
     ``resolved`` is the composed config as a dict, stored as ``config.yaml`` on the parent run.

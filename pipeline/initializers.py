@@ -1,8 +1,8 @@
 """Kernel initializers that Keras 3 lacks: delta-orthogonal and data-dependent LSUV.
 
 ``DeltaOrthogonal`` follows Xiao et al. 2018, "Dynamical Isometry and a Mean Field
-Theory of CNNs". ``LSUV`` and ``apply_lsuv`` follow Mishkin & Matas 2016, "All you
-need is a good init". Search spaces name them ``delta_orthogonal`` and ``lsuv``, and
+Theory of CNNs" (arXiv:1806.05393). ``LSUV`` and ``apply_lsuv`` follow Mishkin & Matas
+2016, "All you need is a good init" (arXiv:1511.06422). Search spaces name them ``delta_orthogonal`` and ``lsuv``, and
 ``get`` resolves those names before it falls back to ``keras.initializers.get``.
 
 Both classes are registered as ``pipeline>DeltaOrthogonal`` and ``pipeline>LSUV``, so
@@ -89,9 +89,9 @@ class DeltaOrthogonal(keras.initializers.Orthogonal):
 class LSUV(keras.initializers.Orthogonal):
     """Orthogonal pre-initialization that marks a layer for ``apply_lsuv``.
 
-    By itself this initializer is ``keras.initializers.Orthogonal(gain, seed)``. Its
-    class tells ``apply_lsuv`` which layers to rescale on a data batch. Without that
-    call, the layer keeps the orthogonal kernel.
+    By itself this initializer is ``keras.initializers.Orthogonal(gain, seed)``.
+    ``apply_lsuv`` rescales only the layers whose kernel initializer is an LSUV
+    instance. Without that call, the layer keeps the orthogonal kernel.
     """
 
     def __init__(self, gain: float = 1.0, seed: Any = None) -> None:
@@ -103,7 +103,7 @@ CUSTOM_INITIALIZERS: dict[str, type[keras.initializers.Initializer]] = {
     "lsuv": LSUV,
 }
 
-# Search spaces use the snake-case names; saved Keras configs use the class names.
+# Search spaces use the snake-case names, and saved Keras configs use the class names.
 _CUSTOM_BY_NAME = {
     **CUSTOM_INITIALIZERS,
     **{cls.__name__: cls for cls in CUSTOM_INITIALIZERS.values()},
@@ -172,8 +172,8 @@ def get(identifier: Mapping[str, Any] | str | keras.initializers.Initializer) ->
         ) from error
     except TypeError as error:
         raise TypeError(
-            f"Keras initializer {name!r} does not accept the arguments {args!r}; pass only "
-            f"arguments of keras.initializers.{name}'s constructor."
+            f"Keras initializer {name!r} does not accept the arguments {args!r}. Pass only "
+            f"arguments that the constructor of keras.initializers.{name} accepts."
         ) from error
 
     if not isinstance(instance, keras.initializers.Initializer):
@@ -260,15 +260,16 @@ def _activation_name(layer: keras.layers.Layer) -> str:
 def _measured_std(layer: keras.layers.Layer, layer_input: Any) -> float:
     """Return the std of the layer's output, measured before a bounded activation."""
     if _activation_name(layer) not in _BOUNDED_ACTIVATIONS:
-        return float(np.std(keras.ops.convert_to_numpy(layer(layer_input, training=False))))
-
-    activation = layer.activation
-    layer.activation = keras.activations.linear
-    try:
         output = layer(layer_input, training=False)
-    finally:
-        layer.activation = activation
-    return float(np.std(keras.ops.convert_to_numpy(output)))
+    else:
+        activation = layer.activation
+        layer.activation = keras.activations.linear
+        try:
+            output = layer(layer_input, training=False)
+        finally:
+            layer.activation = activation
+
+    return float(np.std(keras.ops.convert_to_numpy(output), dtype=np.float64))
 
 
 def _rescale_layer(layer: keras.layers.Layer, layer_input: Any, target_std: float, tolerance: float, max_iterations: int) -> float:
@@ -311,16 +312,17 @@ def apply_lsuv(
 ) -> dict[str, float]:
     """Rescale the kernel of every LSUV layer so that its output std on ``batch`` is ``target_std``.
 
-    The layers are processed in model order, so each layer sees the inputs that the
-    already rescaled layers before it produce. A layer's output is its output tensor
+    The layers are processed in model order, so each layer receives the inputs that
+    the already rescaled layers before it produce. A layer's output is its output tensor
     after its activation, computed in inference mode (dropout off). The exception is a
     layer with a bounded activation (softmax, sigmoid, hard_sigmoid, tanh, hard_tanh,
     softsign, relu6), where a std of 1 is out of reach or needs saturation. For those
     the output before the activation is measured, the logits for a softmax layer.
 
     Each step multiplies the kernel by ``target_std / std`` until the std is within
-    ``tolerance`` of ``target_std`` or ``max_iterations`` steps are done. The bias is
-    not changed. With ReLU or no activation and a zero bias, one step is exact. A layer
+    ``tolerance`` of ``target_std`` or ``max_iterations`` steps are done. Mishkin &
+    Matas state the tolerance on the variance, and this function states it on the std.
+    The bias is not changed. With ReLU or no activation and a zero bias, one step is exact. A layer
     that ends outside the tolerance, or whose output std is 0, is logged as a warning.
     Layers that do not use LSUV are not changed.
 

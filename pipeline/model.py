@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import keras
 
+from pipeline import initializers as custom_initializers
 from pipeline.config import KERNEL_LAYER_TYPES, LayerConfig, ModelConfig
 from pipeline.errors import UserError
 
@@ -77,7 +78,7 @@ def build_model(
     for spec in model.layers:
         initializer = "glorot_uniform"
         if spec.name in initializers:
-            initializer = keras.initializers.get(dict(initializers[spec.name]))
+            initializer = custom_initializers.get(dict(initializers[spec.name]))
         try:
             outputs = _make_layer(spec, initializer)(outputs)
         except ValueError as error:

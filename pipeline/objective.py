@@ -11,19 +11,25 @@ import time
 from typing import Any, Callable, Mapping
 
 import keras
+import numpy as np
 import optuna
 from optuna_integration import KerasPruningCallback
 
-from pipeline import training
+from pipeline import diagnostics, training
+from pipeline import initializers as custom_initializers
 from pipeline.config import SearchConfig, plain_dict
-from pipeline.model import build_model
+from pipeline.model import build_model, kernel_layers
 from pipeline.space import SearchSpace, suggest
 from pipeline.tracking import Tracker
-from pipeline.workers import LOST_ATTR, RETRY_OF_ATTR, WORKER_ATTR, worker_identity
+from pipeline.workers import LOST_PREFIX, RETRY_OF_ATTR, WORKER_ATTR, worker_identity
 
 logger = logging.getLogger(__name__)
 
 MONITOR = "val_accuracy"
+
+
+class PrunedAtInit(optuna.TrialPruned):
+    """The signal check at initialization found a verdict listed in ``diagnostics.prune_verdicts``."""
 
 
 class TrialFailed(RuntimeError):
@@ -40,6 +46,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self._trial_number = trial_number
         self._epochs = epochs
         self._progress = progress
+        self.run_id = run_id
         self.last_epoch = -1
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -113,8 +120,13 @@ class Objective:
         recorder = EpochRecorder(self.tracker, run_id, trial.number, self.config.train.epochs, self.config.train.progress)
         try:
             value = self._train(trial, sample, seed, recorder)
+        except PrunedAtInit as pruned:
+            self.tracker.end_trial(run_id, "PRUNED", pruned_at_epoch=-1, prune_reason=str(pruned))
+            logger.info("trial %d pruned before the first epoch: %s", trial.number, pruned)
+            raise
         except optuna.TrialPruned:
-            self.tracker.end_trial(run_id, "PRUNED", pruned_at_epoch=recorder.last_epoch)
+            reason = f"{MONITOR} below the pruner's threshold after epoch {recorder.last_epoch + 1}"
+            self.tracker.end_trial(run_id, "PRUNED", pruned_at_epoch=recorder.last_epoch, prune_reason=reason)
             logger.info(
                 "trial %d pruned after epoch %d/%d in %.1f s",
                 trial.number, recorder.last_epoch + 1, self.config.train.epochs, time.monotonic() - started,
@@ -129,7 +141,7 @@ class Objective:
         except KeyboardInterrupt as error:
             reason = f"interrupted by {error or 'KeyboardInterrupt'} during training"
             trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr(LOST_ATTR, True)
+            trial.study.set_user_attr(f"{LOST_PREFIX}{trial.number}", reason)
             self.tracker.end_trial(run_id, "FAIL", fail_reason=reason)
             if self.config.study.retry_lost_trials:
                 trial.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
@@ -148,10 +160,34 @@ class Objective:
         logger.info("trial %d finished: %s = %.4f in %.1f s", trial.number, MONITOR, value, time.monotonic() - started)
         return value
 
+    def _check_signal(self, trial: optuna.Trial, model: keras.Model, run_id: str) -> None:
+        """Measure the signal at initialization, log it, and prune on a listed verdict."""
+        settings = self.config.diagnostics
+        x_batch = self.dataset.x_train[: settings.batch_size]
+        y_batch = self.dataset.y_train[: settings.batch_size]
+        report = diagnostics.measure_signal(model, x_batch, y_batch, kernel_layers(self.config.model))
+        self.tracker.log_signal(run_id, diagnostics.report_metrics(report), diagnostics.report_table(report), report.verdict)
+        trial.set_user_attr("init_verdict", report.verdict)
+        if report.verdict not in settings.prune_verdicts:
+            return
+
+        # The pruned trial reports its accuracy at initialization, so samplers that learn
+        # from pruned trials, such as TPE, rank it with a measured value.
+        predictions = np.argmax(model.predict_on_batch(x_batch), axis=1)
+        trial.report(float(np.mean(predictions == y_batch)), step=0)
+        raise PrunedAtInit(
+            f"signal {report.verdict} at initialization (std ratio {report.std_ratio:.3g}, "
+            f"gradient ratio {report.gradient_ratio:.3g})"
+        )
+
     def _train(self, trial: optuna.Trial, sample: Any, seed: int, recorder: EpochRecorder) -> float:
         training.seed_everything(seed)
         initializers = {layer: self.space.initializers[label].keras_config() for layer, label in sample.initializers.items()}
         model = build_model(self.config.model, initializers, num_classes=len(self.dataset.class_names))
+        if custom_initializers.needs_data(model):
+            custom_initializers.apply_lsuv(model, self.dataset.x_train[: self.config.diagnostics.batch_size])
+        if self.config.diagnostics.enabled:
+            self._check_signal(trial, model, recorder.run_id)
         callbacks = [recorder, training.StopOnNonFiniteLoss(), KerasPruningCallback(trial, MONITOR)]
         history = training.fit(
             model,

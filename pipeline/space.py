@@ -140,13 +140,16 @@ def _check_label_list(path: str, where: str, value: Any) -> tuple[str, ...]:
 def _check_initializer(path: str, label: str, name: str, args: Mapping[str, Any]) -> InitializerChoice:
     import keras
 
+    from pipeline import initializers
+
     try:
-        instance = keras.initializers.get({"class_name": name, "config": dict(args)})
+        instance = initializers.get({"class_name": name, "config": dict(args)})
     except (ValueError, TypeError) as error:
         raise UserError(
             f"Initializer {label!r} in {path} is not valid: Keras could not create {name!r} "
             f"with arguments {dict(args)!r} ({error}). Use a name from keras.initializers, "
-            f"such as he_normal or orthogonal, with arguments that its constructor accepts."
+            f"such as he_normal or orthogonal, or delta_orthogonal or lsuv, with arguments "
+            f"that its constructor accepts."
         ) from error
 
     if not isinstance(instance, keras.initializers.Initializer):
@@ -277,13 +280,13 @@ def check_kernel_shapes(space: SearchSpace, kernel_shapes: Mapping[str, tuple[in
 
     Some initializers accept only some shapes; Keras' ``identity``, for example, needs a 2D kernel.
     """
-    import keras
+    from pipeline import initializers
 
     for layer, labels in space.layer_choices.items():
         for label in labels:
             choice = space.initializers[label]
             try:
-                keras.initializers.get(choice.keras_config())(kernel_shapes[layer])
+                initializers.get(choice.keras_config())(kernel_shapes[layer])
             except (ValueError, TypeError) as error:
                 raise UserError(
                     f"Initializer {label!r} cannot initialize layer {layer!r} with kernel shape "

@@ -25,6 +25,8 @@ STATE_TAG = "optuna.state"
 PRUNED_AT_TAG = "optuna.pruned_at_epoch"
 FAIL_REASON_TAG = "optuna.fail_reason"
 SEED_TAG = "trial.seed"
+PRUNE_REASON_TAG = "optuna.prune_reason"
+INIT_VERDICT_TAG = "init.verdict"
 
 # Optuna's final trial states and the MLflow run status that shows each in the UI.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -214,13 +216,19 @@ class Tracker:
         value: float | None = None,
         pruned_at_epoch: int | None = None,
         fail_reason: str | None = None,
+        prune_reason: str | None = None,
     ) -> None:
-        """Tag the final Optuna state and close the run with the matching MLflow status."""
+        """Tag the final Optuna state and close the run with the matching MLflow status.
+
+        ``pruned_at_epoch`` counts from 0, and -1 means pruned before the first epoch.
+        """
         from mlflow.entities import RunTag
 
         tags = [RunTag(STATE_TAG, state)]
         if pruned_at_epoch is not None:
             tags.append(RunTag(PRUNED_AT_TAG, str(pruned_at_epoch)))
+        if prune_reason is not None:
+            tags.append(RunTag(PRUNE_REASON_TAG, _clip(prune_reason)))
         if fail_reason is not None:
             tags.append(RunTag(FAIL_REASON_TAG, _clip(fail_reason)))
         self.client.log_batch(run_id, tags=tags)
@@ -238,6 +246,18 @@ class Tracker:
             tags=[RunTag(key, _clip(str(value))) for key, value in tags.items()],
         )
         self.client.set_terminated(run_id, status=status)
+
+    def log_signal(self, run_id: str, metrics: Mapping[str, float], table: Mapping[str, list], verdict: str) -> None:
+        """Log the signal-propagation check at initialization: metrics, a table and the verdict tag."""
+        from mlflow.entities import Metric, RunTag
+
+        timestamp = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
+            tags=[RunTag(INIT_VERDICT_TAG, verdict)],
+        )
+        self.client.log_dict(run_id, dict(table), "init_signal.json")
 
     def log_dict(self, run_id: str, content: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(run_id, dict(content), artifact_file)

@@ -27,7 +27,7 @@ class Comparison:
 
     ``ci_low`` and ``ci_high`` bound the mean difference (candidate minus baseline) at
     ``confidence``. Statistics that need 2 seeds or a non-zero spread are NaN when they
-    cannot be computed, and ``note`` says why.
+    cannot be computed, and ``note`` gives the reason.
     """
 
     seeds: int

@@ -1,7 +1,8 @@
 """Workers on one study: the trial budget, the start lock, and recovery of lost trials.
 
 A trial is *lost* when its worker was killed or interrupted before the trial ended. Lost
-trials are marked FAIL with the user attribute ``lost`` and do not use the budget, so a
+trials are marked FAIL, listed in the study user attribute ``lost_trial_<number>`` (a
+finished trial's own attributes cannot change any more), and do not use the budget, so a
 restarted worker replaces them: with the same parameters when ``study.retry_lost_trials``
 is true, with a fresh sample otherwise.
 
@@ -25,7 +26,7 @@ from pipeline.study import JOURNAL_PREFIX
 logger = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
-LOST_ATTR = "lost"
+LOST_PREFIX = "lost_trial_"
 RETRY_OF_ATTR = "retry_of"
 _SQLITE_PREFIX = "sqlite:///"
 _LOCK_TIMEOUT_S = 600
@@ -55,25 +56,32 @@ def _is_dead_local_worker(identity: str) -> bool:
         return True
 
 
-def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    if trial.state == State.FAIL:
-        return not trial.user_attrs.get(LOST_ATTR, False)
-
-    return True
+def lost_trials(study: optuna.Study) -> dict[int, str]:
+    """Return the lost trials' numbers and reasons."""
+    return {
+        int(key[len(LOST_PREFIX):]): reason
+        for key, reason in study.user_attrs.items()
+        if key.startswith(LOST_PREFIX)
+    }
 
 
 def used_budget(study: optuna.Study) -> int:
     """Count the trials that use the budget, running and waiting ones included."""
-    return sum(counts_against_budget(trial) for trial in study.get_trials(deepcopy=False))
+    lost = lost_trials(study)
+    return sum(
+        not (trial.state == State.FAIL and trial.number in lost)
+        for trial in study.get_trials(deepcopy=False)
+    )
 
 
 def start_lock_path(storage_url: str) -> str | None:
     """Return the lock file beside a local storage file, or None for a database server."""
+    # Not "<file>.lock": Optuna's journal file backend uses that name for its own lock.
     if storage_url.startswith(JOURNAL_PREFIX):
-        return storage_url[len(JOURNAL_PREFIX):] + ".lock"
+        return storage_url[len(JOURNAL_PREFIX):] + ".start-lock"
 
     if storage_url.startswith(_SQLITE_PREFIX):
-        return storage_url[len(_SQLITE_PREFIX):] + ".lock"
+        return storage_url[len(_SQLITE_PREFIX):] + ".start-lock"
 
     return None
 
@@ -114,9 +122,7 @@ def mark_lost(
     close_run: Callable[[str, str], None],
 ) -> None:
     """Record a lost trial as such in Optuna and MLflow, and queue its rerun if asked."""
-    storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    study.set_user_attr(f"{LOST_PREFIX}{trial.number}", reason)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         close_run(run_id, reason)
@@ -139,14 +145,15 @@ def recover_dead_workers(study: optuna.Study, retry: bool, close_run: Callable[[
         if not identity or not _is_dead_local_worker(identity):
             continue
 
+        reason = f"worker {identity} stopped while the trial was running"
         try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             changed = study._storage.set_trial_state_values(trial._trial_id, state=State.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             changed = False
         if not changed:
             continue
 
-        reason = f"worker {identity} stopped while the trial was running"
         logger.warning("trial %d marked FAIL: %s", trial.number, reason)
         mark_lost(study, trial, reason, retry, close_run)
         recovered.append(trial.number)

@@ -159,6 +159,37 @@ def test_search_diverging_trial_fails_and_study_continues(workdir, colour_tree):
     assert "non-finite loss" in runs[0].data.tags["optuna.fail_reason"]
 
 
+def test_search_saturating_initializer_pruned_at_init(workdir, colour_tree):
+    # A normal initializer with stddev 10,000 saturates the softmax of every image.
+    space = write_space(workdir, {
+        "initializers": {"huge": {"name": "random_normal", "args": {"stddev": 1.0e4}}},
+        "default_choices": ["huge", "he_normal"],
+    })
+    storage = f"sqlite:///{workdir}/mlruns/optuna.db"
+    os.makedirs(workdir / "mlruns", exist_ok=True)
+    huge = {f"{layer}.kernel_initializer": "huge" for layer in SEED_CNN_KERNELS}
+    enqueue("saturate", storage, [huge, GOOD])
+    overrides = [f"data.path={colour_tree}", "data.validation_fraction=0.25", f"space={space}",
+                 "train.epochs=1", "train.batch_size=16", "train.progress=false", "study.name=saturate",
+                 "study.n_trials=2", "study.pruner=none", "diagnostics.prune_verdicts=[exploding,dead]"]
+
+    assert run(overrides) == 0
+
+    trials = optuna.load_study(study_name="saturate", storage=storage).get_trials()
+    assert [trial.state.name for trial in trials] == ["PRUNED", "COMPLETE"]
+    assert trials[0].user_attrs["init_verdict"] == "exploding"
+    assert list(trials[0].intermediate_values) == [0]
+    assert trials[1].user_attrs["init_verdict"] == "ok"
+    client, _, runs = mlflow_runs(workdir, "saturate")
+    assert runs[0].info.status == "KILLED"
+    assert runs[0].data.tags["optuna.pruned_at_epoch"] == "-1"
+    assert "signal exploding at initialization" in runs[0].data.tags["optuna.prune_reason"]
+    assert runs[0].data.metrics["init.std_ratio"] > 10
+    assert "init_signal.json" in {item.path for item in client.list_artifacts(runs[0].info.run_id)}
+    assert runs[1].data.tags["init.verdict"] == "ok"
+    assert "init.conv1.activation_std" in runs[1].data.metrics
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -71,6 +71,10 @@ def test_load_space_labelled_initializer(tmp_path):
 
 def test_load_space_relu_scaled_file():
     space = load_space("relu_scaled", SEED_CNN_KERNELS)
+    check_kernel_shapes(space, {"conv1": (3, 3, 3, 32), "conv2": (3, 3, 32, 64), "dense1": (4096, 128), "output": (128, 10)})
+
+    assert space.initializers["delta_orthogonal_gain_sqrt2"].name == "delta_orthogonal"
+    assert space.initializers["lsuv"].name == "lsuv"
 
     assert space.initializers["orthogonal_gain_sqrt2"].args["gain"] == pytest.approx(2 ** 0.5)
     assert space.initializers["random_normal_std0.01"].args["stddev"] == 0.01
