@@ -80,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 10000
     jit_compile: bool = False
+    deterministic: bool = False
     progress: bool = True
 
 

@@ -188,11 +188,11 @@ def _load_arm(role: str, value: str, kernel_layers: list[str]) -> Arm:
 
 
 def _check_arm_shapes(arm: Arm, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    import keras
+    from pipeline import initializers
 
     for layer, config in arm.keras_configs.items():
         try:
-            keras.initializers.get(dict(config))(shapes[layer])
+            initializers.get(dict(config))(shapes[layer])
         except (ValueError, TypeError) as error:
             raise UserError(
                 f"confirm.{arm.role}: initializer {arm.labels[layer]!r} cannot initialize layer "
@@ -279,12 +279,15 @@ def _train_and_test(config: SearchConfig, dataset: Any, arm: Arm, seed: int, run
     Returns the model, its test metrics, and the reason training stopped early when the
     loss became NaN or infinite (None otherwise).
     """
-    from pipeline import training
+    from pipeline import initializers, training
     from pipeline.model import build_model
 
     name = f"{arm.role}-seed{seed}"
-    training.seed_everything(seed)
+    training.seed_everything(seed, config.train.deterministic)
     model = build_model(config.model, arm.keras_configs, num_classes=len(dataset.class_names))
+    if initializers.needs_data(model):
+        # LSUV rescales its layers on a training batch, the same batch that pipeline.objective uses.
+        initializers.apply_lsuv(model, dataset.x_train[: config.diagnostics.batch_size])
     callbacks = [_epoch_logger(tracker, run_id, name, config.train.epochs, config.train.progress), training.StopOnNonFiniteLoss()]
     non_finite = None
     try:
@@ -407,6 +410,7 @@ def _prepare(config: SearchConfig) -> tuple[Arm, Arm, Any]:
         baseline = _load_arm("baseline", config.confirm.baseline, kernel_layers)
     else:
         baseline = _keras_default_arm(kernel_layers, candidate.hyperparameters)
+
     if dict(candidate.hyperparameters) != dict(baseline.hyperparameters):
         logger.warning(
             "candidate and baseline fix different hyperparameters (%s and %s), so the comparison "
@@ -415,6 +419,13 @@ def _prepare(config: SearchConfig) -> tuple[Arm, Arm, Any]:
         )
 
     dataset = load_dataset(config.data)
+    image_shape = list(dataset.x_test.shape[1:])
+    if image_shape != list(config.model.input_shape):
+        raise UserError(
+            f"model.input_shape is {list(config.model.input_shape)} but the images of {dataset.source} "
+            f"have shape {image_shape}; set model.input_shape={image_shape}."
+        )
+
     shapes = model_module.kernel_shapes(config.model, num_classes=len(dataset.class_names))
     _check_arm_shapes(candidate, shapes)
     _check_arm_shapes(baseline, shapes)

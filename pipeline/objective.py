@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import keras
 import numpy as np
 import optuna
+import psutil
 from optuna_integration import KerasPruningCallback
 
 from pipeline import diagnostics, training
@@ -155,6 +156,9 @@ class Objective:
             raise
         finally:
             training.release_memory()
+            rss_mb = psutil.Process().memory_info().rss / 2**20
+            trial.set_user_attr("rss_mb", round(rss_mb, 1))
+            self.tracker.log_metric(run_id, "rss_mb", rss_mb)
 
         self.tracker.end_trial(run_id, "COMPLETE", value=value)
         logger.info("trial %d finished: %s = %.4f in %.1f s", trial.number, MONITOR, value, time.monotonic() - started)
@@ -181,7 +185,7 @@ class Objective:
         )
 
     def _train(self, trial: optuna.Trial, sample: Any, seed: int, recorder: EpochRecorder) -> float:
-        training.seed_everything(seed)
+        training.seed_everything(seed, self.config.train.deterministic)
         initializers = {layer: self.space.initializers[label].keras_config() for layer, label in sample.initializers.items()}
         model = build_model(self.config.model, initializers, num_classes=len(self.dataset.class_names))
         if custom_initializers.needs_data(model):

@@ -259,5 +259,8 @@ class Tracker:
         )
         self.client.log_dict(run_id, dict(table), "init_signal.json")
 
+    def log_metric(self, run_id: str, key: str, value: float) -> None:
+        self.client.log_metric(run_id, key, float(value))
+
     def log_dict(self, run_id: str, content: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(run_id, dict(content), artifact_file)

@@ -122,9 +122,17 @@ def fit(
     return {name: [float(value) for value in values] for name, values in history.history.items()}
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and the backend, so initial weights and shuffles follow ``seed``."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and the backend, so initial weights and shuffles follow ``seed``.
+
+    With ``deterministic``, TensorFlow also picks deterministic kernels, which makes
+    results repeat on the same machine and software; other backends only get the seed.
+    """
     keras.utils.set_random_seed(seed)
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def release_memory() -> None:

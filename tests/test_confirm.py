@@ -209,6 +209,15 @@ def test_confirm_rejects_invalid_baseline(workdir, colour_tree):
     )
 
 
+def test_confirm_rejects_wrong_input_shape(workdir, colour_tree):
+    candidate = _he_normal_file(workdir)
+
+    _expect_user_error(
+        [*_data_overrides(colour_tree), f"confirm.candidate={candidate}", "model.input_shape=[16,16,3]"],
+        r"model.input_shape is \[16, 16, 3\] but the images of .* have shape \[32, 32, 3\]",
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -263,3 +272,30 @@ def test_confirm_diverged_candidate(workdir, colour_tree):
     assert parents[0].data.tags["confirm.non_finite_runs"] == "candidate-seed0"
     assert "p_value" not in parents[0].data.metrics
     assert comparison.verdict.startswith("too few seeds for a verdict: candidate − baseline = ")
+
+
+def test_confirm_applies_lsuv(workdir, colour_tree, monkeypatch):
+    from pipeline import initializers
+
+    calls = []
+    original = initializers.apply_lsuv
+
+    def spy(model, batch, *args, **kwargs):
+        calls.append((model.name, len(batch)))
+        return original(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(initializers, "apply_lsuv", spy)
+    candidate = _write(workdir / "lsuv.yaml", {"default_choices": ["lsuv"]})
+    config, _ = compose_search_config(
+        [*_data_overrides(colour_tree), f"confirm.candidate={candidate}", "confirm.seeds=[0]", "diagnostics.batch_size=32"]
+    )
+
+    confirm.run_confirm(config)
+
+    client, parents, children = _runs(workdir)
+    assert calls == [("seed_cnn", 32)]  # the candidate only: the glorot_uniform baseline needs no data
+    assert children["candidate-seed0"].info.status == "FINISHED"
+    assert children["candidate-seed0"].data.params["conv1.kernel_initializer"] == "lsuv"
+    path = client.download_artifacts(parents[0].info.run_id, "model/candidate-seed0.keras", str(workdir / "model"))
+    model = keras.saving.load_model(path)
+    assert isinstance(model.get_layer("conv1").kernel_initializer, initializers.LSUV)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -190,35 +191,95 @@ def test_search_saturating_initializer_pruned_at_init(workdir, colour_tree):
     assert "init.conv1.activation_std" in runs[1].data.metrics
 
 
-@pytest.mark.parametrize(
-    ("overrides", "expected"),
-    [
-        (["space=SPACE_UNKNOWN_INITIALIZER"], "'kaiming_magic'"),
-        (["space=SPACE_UNKNOWN_LAYER"], "layers ['conv7'] that the model lacks"),
-        (["space=SPACE_EMPTY"], "must be a non-empty list"),
-        (["data.path=MISSING_DATA"], "MISSING_DATA"),
-        (["data.path=CORRUPT_ARCHIVE"], "corrupt.tar.gz"),
-        (["study.sampler=annealing"], "study.sampler must be one of tpe, random, grid but got 'annealing'"),
-        (["study.pruner=sometimes"], "study.pruner must be one of"),
-        (["study.storage=sqlite//mlruns/optuna.db"], "is not a valid storage URL"),
-        (["study.storage=nosuchdb://localhost/optuna"], "study.storage 'nosuchdb://localhost/optuna' is not a valid storage URL"),
-        (["tracking.uri=./mlruns"], "tracking.uri './mlruns' is not supported"),
-        (["train.epochs=-2"], "train.epochs must be a positive number but got -2"),
-    ],
-)
-def test_search_bad_input_creates_nothing(workdir, colour_tree, overrides, expected):
-    (workdir / "unknown.yaml").write_text("default_choices: [he_normal, kaiming_magic]\n")
-    (workdir / "layer.yaml").write_text("default_choices: [he_normal]\nlayers: {conv7: [he_normal]}\n")
-    (workdir / "empty.yaml").write_text("default_choices: []\n")
-    (workdir / "corrupt.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 definitely not a complete archive")
-    replacements = {
-        "SPACE_UNKNOWN_INITIALIZER": str(workdir / "unknown.yaml"),
-        "SPACE_UNKNOWN_LAYER": str(workdir / "layer.yaml"),
-        "SPACE_EMPTY": str(workdir / "empty.yaml"),
-        "MISSING_DATA": str(workdir / "MISSING_DATA"),
-        "CORRUPT_ARCHIVE": str(workdir / "corrupt.tar.gz"),
+def write_bad_files(folder, colour_tree: str) -> dict[str, str]:
+    """Write one broken file of each kind and return the placeholders that name them."""
+    import pickle
+    import shutil
+    import tarfile
+
+    (folder / "unknown.yaml").write_text("default_choices: [he_normal, kaiming_magic]\n")
+    (folder / "layer.yaml").write_text("default_choices: [he_normal]\nlayers: {conv7: [he_normal]}\n")
+    (folder / "empty.yaml").write_text("default_choices: []\n")
+    (folder / "list.yaml").write_text("- he_normal\n- orthogonal\n")
+    (folder / "args.yaml").write_text("initializers: {o: {name: orthogonal, args: {gain: high}}}\ndefault_choices: [o]\n")
+    (folder / "corrupt.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 definitely not a complete archive")
+
+    tree = folder / "tree_with_bad_image"
+    shutil.copytree(colour_tree, tree)
+    (tree / "train" / "cat" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    archive = folder / "truncated.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(colour_tree, arcname="cifar")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    batches = folder / "cifar-10-batches-py"
+    batches.mkdir()
+    rows = np.zeros((10, 3072), dtype=np.uint8)
+    for name in [f"data_batch_{index}" for index in range(1, 6)] + ["test_batch"]:
+        labels = [12] * 10 if name == "data_batch_3" else list(range(10))
+        with open(batches / name, "wb") as stream:
+            pickle.dump({b"data": rows, b"labels": labels}, stream)
+
+    (folder / "blocker").write_text("a file where a folder is expected")
+    return {
+        "SPACE_UNKNOWN_INITIALIZER": str(folder / "unknown.yaml"),
+        "SPACE_UNKNOWN_LAYER": str(folder / "layer.yaml"),
+        "SPACE_EMPTY": str(folder / "empty.yaml"),
+        "SPACE_LIST": str(folder / "list.yaml"),
+        "SPACE_BAD_ARGS": str(folder / "args.yaml"),
+        "MISSING_DATA": str(folder / "MISSING_DATA"),
+        "CORRUPT_ARCHIVE": str(folder / "corrupt.tar.gz"),
+        "TRUNCATED_ARCHIVE": str(archive),
+        "BAD_IMAGE_TREE": str(tree),
+        "BAD_LABEL_BATCHES": str(batches),
+        "UNWRITABLE_STORAGE": f"sqlite:///{folder / 'blocker' / 'optuna.db'}",
     }
-    resolved = [override.split("=", 1)[0] + "=" + replacements.get(override.split("=", 1)[1], override.split("=", 1)[1]) for override in overrides]
+
+
+# Each bad input must end in one message naming the value, before any study or run exists.
+BAD_INPUTS = [
+    ("unknown initializer", ["space=SPACE_UNKNOWN_INITIALIZER"], "'kaiming_magic'"),
+    ("unknown layer", ["space=SPACE_UNKNOWN_LAYER"], "layers ['conv7'] that the model lacks"),
+    ("empty choice list", ["space=SPACE_EMPTY"], "must be a non-empty list"),
+    ("space not a mapping", ["space=SPACE_LIST"], "must contain a mapping"),
+    ("initializer argument of wrong type", ["space=SPACE_BAD_ARGS"], "Initializer 'o'"),
+    ("space file missing", ["space=no_such_space"], "no_such_space.yaml not found"),
+    ("continuous value on grid", ["space=with_learning_rate", "study.sampler=grid"], "study.sampler=grid cannot search"),
+    ("missing data path", ["data.path=MISSING_DATA"], "MISSING_DATA"),
+    ("corrupt archive", ["data.path=CORRUPT_ARCHIVE"], "corrupt.tar.gz"),
+    ("truncated archive", ["data.path=TRUNCATED_ARCHIVE"], "truncated.tar.gz"),
+    ("truncated image", ["data.path=BAD_IMAGE_TREE"], "0003.png"),
+    ("label out of range", ["data.path=BAD_LABEL_BATCHES"], "data_batch_3"),
+    ("wrong data format", ["data.format=batches"], "data.format"),
+    ("subset larger than data", ["data.train_subset=100000"], "data.train_subset is 100000"),
+    ("validation fraction zero", ["data.validation_fraction=0"], "data.validation_fraction must be between 0 and 1"),
+    ("model input shape", ["model.input_shape=[28,28,3]"], "model.input_shape is [28, 28, 3] but the images"),
+    ("dense without flatten", ["model.layers.4.type=dropout", "model.layers.4.rate=0.1"], "add a flatten or global_average_pool layer"),
+    ("unknown layer type", ["model.layers.1.type=maxpool"], "model.layers[1] ('pool1').type must be one of"),
+    ("unknown sampler", ["study.sampler=annealing"], "study.sampler must be one of tpe, random, grid but got 'annealing'"),
+    ("unknown pruner", ["study.pruner=sometimes"], "study.pruner must be one of"),
+    ("malformed storage URL", ["study.storage=sqlite//mlruns/optuna.db"], "is not a valid storage URL"),
+    ("unknown database", ["study.storage=nosuchdb://localhost/optuna"], "'nosuchdb://localhost/optuna' is not a valid storage URL"),
+    ("storage in unwritable folder", ["study.storage=UNWRITABLE_STORAGE"], "cannot be written"),
+    ("plain folder as tracking store", ["tracking.uri=./mlruns"], "tracking.uri './mlruns' is not supported"),
+    ("unreachable tracking server", ["tracking.uri=http://127.0.0.1:9"], "could not be opened"),
+    ("negative epochs", ["train.epochs=-2"], "train.epochs must be a positive number but got -2"),
+    ("zero batch size", ["train.batch_size=0"], "train.batch_size must be a positive number but got 0"),
+    ("zero trials", ["study.n_trials=0"], "study.n_trials must be a positive number but got 0"),
+    ("unknown prune verdict", ["diagnostics.prune_verdicts=[sleepy]"], "diagnostics.prune_verdicts must be one of"),
+    ("grace period too short", ["study.grace_period=5"], "study.grace_period must be longer"),
+    ("study name with quote", ["study.name=\"it's\""], "study.name must not contain quotes"),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "expected"), BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_search_bad_input_creates_nothing(workdir, colour_tree, case, overrides, expected):
+    files = write_bad_files(workdir, colour_tree)
+    resolved = []
+    for override in overrides:
+        key, value = override.split("=", 1)
+        resolved.append(f"{key}={files.get(value, value)}")
     base = [f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.progress=false", "study.name=bad"]
 
     with pytest.raises(UserError) as caught:
@@ -227,6 +288,18 @@ def test_search_bad_input_creates_nothing(workdir, colour_tree, overrides, expec
     assert expected in str(caught.value)
     assert not os.path.exists(workdir / "mlruns" / "optuna.db")
     assert not os.path.exists(workdir / "mlruns" / "mlflow.db")
+
+
+@pytest.mark.parametrize(("override", "expected"), [("train.epochs=three", "train.epochs"), ("model=resnet", "model"), ("study.n_trials=[1]", "study.n_trials")])
+def test_search_wrong_type_rejected_by_hydra(workdir, override, expected):
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    with pytest.raises((HydraException, OmegaConfBaseException)) as caught:
+        compose_search_config([override])
+
+    assert expected in str(caught.value)
+    assert not os.path.exists(workdir / "mlruns")
 
 
 def test_search_command_reports_user_error(tmp_path):
@@ -242,3 +315,32 @@ def test_search_command_reports_user_error(tmp_path):
     assert "error: Initializer 'kaiming_magic'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+def test_search_same_seed_same_results(tmp_path, monkeypatch, colour_tree):
+    results = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        assert run([f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.batch_size=16", "train.epochs=2",
+                    "train.progress=false", "train.deterministic=true", "study.name=repeat", "study.n_trials=3",
+                    "study.pruner=none"]) == 0
+        trials = optuna.load_study(study_name="repeat", storage=f"sqlite:///{folder}/mlruns/optuna.db").trials
+        results.append([(trial.params, trial.value, trial.intermediate_values) for trial in trials])
+
+    assert [params for params, _, _ in results[0]] == [params for params, _, _ in results[1]]
+    assert [value for _, value, _ in results[0]] == [value for _, value, _ in results[1]]
+    assert [curve for _, _, curve in results[0]] == [curve for _, _, curve in results[1]]
+
+
+def test_search_memory_flat_over_trials(workdir, colour_tree):
+    # 12 trials in one process; the resident memory after each trial is in the user
+    # attribute rss_mb. After the first trials warm up the caches, growth must stay small.
+    assert run([f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.batch_size=16", "train.epochs=1",
+                "train.progress=false", "study.name=memory", "study.n_trials=12", "study.pruner=none",
+                "diagnostics.enabled=false"]) == 0
+    rss = [trial.user_attrs["rss_mb"] for trial in optuna.load_study(study_name="memory", storage=f"sqlite:///{workdir}/mlruns/optuna.db").trials]
+
+    growth_per_trial = (rss[-1] - rss[3]) / (len(rss) - 4)
+    assert growth_per_trial < 5.0, rss
