@@ -109,3 +109,20 @@ def kernel_shapes(model: ModelConfig, num_classes: int | None = None) -> dict[st
     del built
     keras.backend.clear_session()
     return shapes
+
+
+def reinitialize(model: keras.Model, config: ModelConfig, initializers: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Give a built model fresh weights, as ``build_model`` would, without building it again.
+
+    Each kernel layer gets the initializer mapped to its name (glorot_uniform when
+    missing), which is stored on the layer and used to draw a new kernel; biases are
+    drawn from their own initializers. Keeping the model lets a process reuse its traced
+    train step across trials, because TensorFlow keeps memory for every traced function.
+    """
+    initializers = dict(initializers or {})
+    for name in kernel_layers(config):
+        layer = model.get_layer(name)
+        layer.kernel_initializer = custom_initializers.get(dict(initializers.get(name, {"class_name": "glorot_uniform", "config": {}})))
+        layer.kernel.assign(layer.kernel_initializer(tuple(layer.kernel.shape), dtype=layer.kernel.dtype))
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.assign(layer.bias_initializer(tuple(layer.bias.shape), dtype=layer.bias.dtype))

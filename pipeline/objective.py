@@ -19,7 +19,7 @@ from optuna_integration import KerasPruningCallback
 from pipeline import diagnostics, training
 from pipeline import initializers as custom_initializers
 from pipeline.config import SearchConfig, plain_dict
-from pipeline.model import build_model, kernel_layers
+from pipeline.model import kernel_layers
 from pipeline.space import SearchSpace, suggest
 from pipeline.tracking import Tracker
 from pipeline.workers import LOST_PREFIX, RETRY_OF_ATTR, WORKER_ATTR, worker_identity
@@ -95,6 +95,7 @@ class Objective:
         on_trial_start: Callable[[], None] | None = None,
     ) -> None:
         self.on_trial_start = on_trial_start
+        self.models = training.ModelCache()
         self.config = config
         self.dataset = dataset
         self.space = space
@@ -187,7 +188,7 @@ class Objective:
     def _train(self, trial: optuna.Trial, sample: Any, seed: int, recorder: EpochRecorder) -> float:
         training.seed_everything(seed, self.config.train.deterministic)
         initializers = {layer: self.space.initializers[label].keras_config() for layer, label in sample.initializers.items()}
-        model = build_model(self.config.model, initializers, num_classes=len(self.dataset.class_names))
+        model = self.models.get(self.config.model, initializers, len(self.dataset.class_names))
         if custom_initializers.needs_data(model):
             custom_initializers.apply_lsuv(model, self.dataset.x_train[: self.config.diagnostics.batch_size])
         if self.config.diagnostics.enabled:

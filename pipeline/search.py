@@ -124,6 +124,7 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
     from pipeline import workers
     from pipeline.best import best_document
     from pipeline.objective import Objective
+    from pipeline.reports import log_study_report
     from pipeline.tracking import Tracker
 
     storage_url, space, dataset = _prepare(config)
@@ -172,6 +173,8 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
             study.study_name, metrics["trials_complete"], metrics["trials_pruned"], metrics["trials_fail"],
             f"{metrics['best_val_accuracy']:.4f} (trial {tags['best_trial']})" if "best_trial" in tags else "none yet",
         )
+    if exit_code == 0:
+        log_study_report(tracker, parent_id, study)
     return exit_code
 
 

@@ -59,6 +59,29 @@ def make_optimizer(train: TrainConfig, learning_rate: float, momentum: float) ->
     raise ValueError(f"train.optimizer must be adam, adamw, sgd or rmsprop but got {train.optimizer!r}")
 
 
+def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: float, momentum: float) -> None:
+    """Compile ``model`` once; on later trials zero the optimizer state and set the learning rate.
+
+    Compiling again would trace a new train step, and TensorFlow keeps the memory of
+    every traced function until the process ends. Momentum is a constant of the traced
+    step, so a different momentum compiles again.
+    """
+    key = (train.optimizer, momentum, train.jit_compile)
+    if getattr(model, "_pipeline_compile_key", None) == key and model.optimizer.built:
+        for variable in model.optimizer.variables:
+            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+        model.optimizer.learning_rate = learning_rate
+        return
+
+    model.compile(
+        optimizer=make_optimizer(train, learning_rate, momentum),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=train.jit_compile,
+    )
+    model._pipeline_compile_key = key
+
+
 def _base_dataset(x: np.ndarray, y: np.ndarray) -> Any:
     import tensorflow as tf
 
@@ -106,12 +129,7 @@ def fit(
     momentum = train.momentum if momentum is None else momentum
     batch_size = train.batch_size if batch_size is None else int(batch_size)
 
-    model.compile(
-        optimizer=make_optimizer(train, learning_rate, momentum),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=train.jit_compile,
-    )
+    _compile_or_reset(model, train, learning_rate, momentum)
     inputs = _fit_inputs(data.x_train, data.y_train, data.x_val, data.y_val, batch_size, train.shuffle_buffer, seed)
     history = model.fit(
         epochs=train.epochs,
@@ -136,6 +154,27 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def release_memory() -> None:
-    """Drop the finished trial's graphs and weights, so memory does not grow per trial."""
-    keras.backend.clear_session()
+    """Free the finished trial's objects; the reused model and its traced step stay."""
     gc.collect()
+
+
+class ModelCache:
+    """One built and compiled model per process, given fresh weights for every trial."""
+
+    def __init__(self) -> None:
+        self._model: keras.Model | None = None
+        self._config: Any = None
+
+    def get(self, config: Any, initializers: dict, num_classes: int) -> keras.Model:
+        from pipeline.model import build_model, reinitialize
+
+        if self._model is not None and self._config == config:
+            reinitialize(self._model, config, initializers)
+            return self._model
+
+        self._model = None
+        keras.backend.clear_session()
+        gc.collect()
+        self._model = build_model(config, initializers, num_classes=num_classes)
+        self._config = config
+        return self._model

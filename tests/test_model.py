@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import LayerConfig, ModelConfig
 from pipeline.errors import UserError
-from pipeline.model import build_model, kernel_layers, kernel_shapes
+from pipeline.model import build_model, kernel_layers, kernel_shapes, reinitialize
 
 
 def seed_cnn() -> ModelConfig:
@@ -112,3 +112,16 @@ def test_kernel_shapes_seed_cnn():
 
     assert kernel_layers(seed_cnn()) == ["conv1", "conv2", "dense1", "output"]
     assert shapes == {"conv1": (3, 3, 3, 32), "conv2": (3, 3, 32, 64), "dense1": (4096, 128), "output": (128, 10)}
+
+
+def test_reinitialize_replaces_initializers_and_weights():
+    config = seed_cnn()
+    model = build_model(config, {"conv1": {"class_name": "he_normal", "config": {}}})
+    model.get_layer("conv1").bias.assign(keras.ops.ones((32,)))
+    reinitialize(model, config, {"conv1": {"class_name": "zeros", "config": {}}, "dense1": {"class_name": "random_normal", "config": {"stddev": 0.01}}})
+
+    assert type(model.get_layer("conv1").kernel_initializer) is keras.initializers.Zeros
+    assert float(keras.ops.max(keras.ops.abs(model.get_layer("conv1").kernel))) == 0.0
+    assert float(keras.ops.max(keras.ops.abs(model.get_layer("conv1").bias))) == 0.0
+    assert float(keras.ops.std(model.get_layer("dense1").kernel)) == pytest.approx(0.01, rel=0.05)
+    assert type(model.get_layer("output").kernel_initializer) is keras.initializers.GlorotUniform
