@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -29,7 +30,7 @@ PRUNABLE_VERDICTS = ("vanishing", "exploding", "dead")
 
 @dataclass
 class DataConfig:
-    """Where CIFAR-10 comes from and how it is split.
+    """The CIFAR-10 source and its split.
 
     ``path`` null means Keras' own download. Subset sizes count images and are drawn
     per class, so every subset stays stratified.
@@ -325,3 +326,19 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # Not a database URL, such as a journal path, so nothing to hide.
         return url
+
+
+def check_writable_folder(path: str, key: str) -> None:
+    """Raise ``UserError`` unless the file at ``path`` could be created, creating nothing.
+
+    The nearest existing ancestor of the file's folder must be a writable folder.
+    """
+    existing = Path(path).parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{key} points to {path}, but the folder {existing} cannot be written; "
+            f"choose a path in a writable folder."
+        )

@@ -1,8 +1,8 @@
 """Entry point: ``python -m pipeline.search`` runs one initializer study per composed config.
 
-Exit codes: 0 when the study ran or its budget was already spent, 2 for a user error
-(reported in one message, before any study or run is created), 130 after SIGINT
-(Ctrl-C) and 143 after SIGTERM, with the running trial recorded as FAIL.
+Exit codes: 0 when the study ran or its budget was already spent. 2 for a user error,
+reported in one message before any study or run is created. 130 after SIGINT (Ctrl-C)
+and 143 after SIGTERM, with the running trial recorded as lost.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""Optuna storage, sampler, pruner and the study budget.
+"""Optuna storage, sampler and pruner, and opening a study by name.
 
-``study.n_trials`` is a total for the study: trials that finished in earlier runs
-(complete, pruned or failed) count against it, so a rerun only adds what is missing.
+The trial budget and the recovery of lost trials are in ``pipeline.workers``.
 """
 
 from __future__ import annotations
@@ -14,16 +13,11 @@ from typing import Any, Callable
 
 import optuna
 
-from pipeline.config import StudyConfig, absolute_path
+from pipeline.config import StudyConfig, absolute_path, check_writable_folder
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-FINISHED_STATES = (
-    optuna.trial.TrialState.COMPLETE,
-    optuna.trial.TrialState.PRUNED,
-    optuna.trial.TrialState.FAIL,
-)
 JOURNAL_PREFIX = "journal:"
 _SQLITE_PREFIX = "sqlite:///"
 
@@ -39,25 +33,13 @@ def resolve_storage_url(url: str) -> str:
     return url
 
 
-def _check_folder_writable(path: str) -> None:
-    existing = Path(path).parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"study.storage points to {path}, but the folder {existing} cannot be written; "
-            f"choose a path in a writable folder."
-        )
-
-
 def check_storage_url(url: str) -> None:
     """Reject a malformed storage URL or an unwritable file location, creating nothing."""
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
         if not path:
             raise UserError("study.storage journal: needs a file path, such as journal:mlruns/optuna.journal.")
-        _check_folder_writable(path)
+        check_writable_folder(path, "study.storage")
         return
 
     from sqlalchemy.engine import make_url
@@ -78,7 +60,7 @@ def check_storage_url(url: str) -> None:
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise UserError(f"study.storage {url!r} has no database file, so the study would be lost; {hint}.")
-        _check_folder_writable(parsed.database)
+        check_writable_folder(parsed.database, "study.storage")
 
 
 def create_storage(

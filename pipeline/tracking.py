@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config import TrackingConfig, absolute_path, redact_url
+from pipeline.config import TrackingConfig, absolute_path, check_writable_folder, redact_url
 from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -59,20 +59,7 @@ def check_uri(uri: str) -> None:
         )
 
     if uri.startswith("sqlite:///"):
-        _check_writable_parent(uri[len("sqlite:///"):], "tracking.uri")
-
-
-def _check_writable_parent(path: str, key: str) -> None:
-    folder = Path(path).parent
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"{key} points to {path}, but the folder {existing} cannot be written; "
-            f"choose a path in a writable folder."
-        )
+        check_writable_folder(uri[len("sqlite:///"):], "tracking.uri")
 
 
 def _check_server(uri: str) -> None:

@@ -1,6 +1,6 @@
 """Compile and fit one model: optimizer, input pipeline, seeds and the non-finite loss guard.
 
-This module knows nothing of Optuna or MLflow; callers pass their callbacks in.
+This module does not use Optuna or MLflow, so callers pass their callbacks in.
 """
 
 from __future__ import annotations

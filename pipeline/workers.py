@@ -1,10 +1,10 @@
 """Workers on one study: the trial budget, the start lock, and recovery of lost trials.
 
 A trial is *lost* when its worker was killed or interrupted before the trial ended. Lost
-trials are marked FAIL, listed in the study user attribute ``lost_trial_<number>`` (a
-finished trial's own attributes cannot change any more), and do not use the budget, so a
-restarted worker replaces them: with the same parameters when ``study.retry_lost_trials``
-is true, with a fresh sample otherwise.
+trials are marked FAIL and listed in the study user attribute ``lost_trial_<number>``,
+because a finished trial's own attributes cannot change any more. They do not use the
+budget, so a restarted worker replaces them: with the same parameters when
+``study.retry_lost_trials`` is true, with a fresh sample otherwise.
 
 ``study.n_trials`` counts the other trials: complete, pruned, failed in training (for
 example with a non-finite loss), and those running or waiting in any worker.
@@ -101,17 +101,17 @@ class TrialGate:
         self._lock = FileLock(path, timeout=_LOCK_TIMEOUT_S) if path else None
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._held = False
+        self._is_held = False
 
     def acquire(self) -> None:
-        if self._lock is not None and not self._held:
+        if self._lock is not None and not self._is_held:
             self._lock.acquire()
-            self._held = True
+            self._is_held = True
 
     def release(self) -> None:
-        if self._lock is not None and self._held:
+        if self._lock is not None and self._is_held:
             self._lock.release()
-            self._held = False
+            self._is_held = False
 
 
 def mark_lost(
