@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from pipeline.errors import UserError
 
@@ -81,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 10000
     jit_compile: bool = False
+    steps_per_execution: int = 1
     deterministic: bool = False
     progress: bool = True
 
@@ -110,7 +112,7 @@ class TrackingConfig:
     """MLflow store. ``experiment`` null means one experiment named after the study."""
 
     uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_location: str = "mlruns/artifacts"
+    artifact_location: Optional[str] = "mlruns/artifacts"
     experiment: Optional[str] = None
 
 
@@ -173,6 +175,11 @@ def to_object(cfg: DictConfig) -> SearchConfig:
     """Turn a composed config into dataclasses, reporting a missing value as a user error."""
     try:
         return OmegaConf.to_object(cfg)
+    except InterpolationResolutionError as error:
+        raise UserError(
+            f"A config value could not be resolved: {error}. With +cluster=postgres, set "
+            f"PIPELINE_OPTUNA_STORAGE and PIPELINE_TRACKING_URI in the environment."
+        ) from error
     except Exception as error:  # OmegaConf raises several types for one cause.
         raise UserError(f"The config is incomplete or invalid: {error}") from error
 
@@ -252,6 +259,8 @@ def _validate_train(train: TrainConfig) -> None:
     _check_positive("train.shuffle_buffer", train.shuffle_buffer)
     if not 0.0 <= train.momentum < 1.0:
         raise UserError(f"train.momentum must be in [0, 1) but got {train.momentum!r}.")
+    if train.steps_per_execution < 1:
+        raise UserError(f"train.steps_per_execution must be 1 or more but got {train.steps_per_execution!r}.")
 
 
 def _validate_study(study: StudyConfig) -> None:

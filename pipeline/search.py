@@ -58,6 +58,32 @@ def _prepare(config: SearchConfig) -> tuple:
     return storage_url, space, dataset
 
 
+def _devices() -> tuple[str, str]:
+    """Return the Keras backend and the accelerators it sees, for the worker's start line."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    elif backend == "jax":
+        import jax
+
+        gpus = [str(device) for device in jax.devices() if device.platform != "cpu"]
+    elif backend == "torch":
+        import torch
+
+        gpus = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+    else:
+        gpus = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    described = ", ".join(gpus) if gpus else "CPU only"
+    if visible is not None:
+        described += f" (CUDA_VISIBLE_DEVICES={visible})"
+    return backend, described
+
+
 def _summary(study: optuna.Study) -> tuple[dict, dict]:
     counts = {state.name: 0 for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
     for trial in study.get_trials(deepcopy=False):
@@ -129,8 +155,13 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
 
     storage_url, space, dataset = _prepare(config)
     retry = config.study.retry_lost_trials
-    gate = workers.TrialGate(storage_url)
-    gate.acquire()
+    gate = workers.TrialGate(storage_url, config.study.name)
+    try:
+        gate.acquire()
+    except Exception as error:  # SQLAlchemy raises driver-specific types for one cause.
+        raise UserError(f"study.storage {redact_url(storage_url)} could not be opened: {error}") from error
+
+    logger.info("worker %s: Keras backend %s, devices %s", workers.worker_identity(), *_devices())
     try:
         tracker = Tracker(config.tracking, config.study.name)
         close_run = lambda run_id, reason: tracker.end_trial(run_id, "FAIL", fail_reason=reason)  # noqa: E731

@@ -66,7 +66,7 @@ def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: flo
     every traced function until the process ends. Momentum is a constant of the traced
     step, so a different momentum compiles again.
     """
-    key = (train.optimizer, momentum, train.jit_compile)
+    key = (train.optimizer, momentum, train.jit_compile, train.steps_per_execution)
     if getattr(model, "_pipeline_compile_key", None) == key and model.optimizer.built:
         for variable in model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
@@ -78,6 +78,7 @@ def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: flo
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=train.jit_compile,
+        steps_per_execution=train.steps_per_execution,
     )
     model._pipeline_compile_key = key
 

@@ -87,31 +87,59 @@ def start_lock_path(storage_url: str) -> str | None:
 
 
 class TrialGate:
-    """A lock file beside a local storage that serializes study setup and trial starts.
+    """A lock shared by all workers of a study, held from the budget check to the trial start.
 
     Checking the budget and creating the next trial must happen as one step, or several
     workers that see one free trial would all start one. ``study.optimize(n_trials=1)``
-    creates the trial itself, so the objective calls ``release`` first thing. A database
-    server has no shared file, so there the gate does nothing and the budget may be
-    exceeded by up to one trial per extra worker.
+    creates the trial itself, so the objective calls ``release`` first thing. Local
+    storages lock a file beside the storage file. PostgreSQL uses a session advisory
+    lock keyed on the study name, which covers workers on every machine. Other database
+    servers get no lock, so there the budget may be exceeded by up to one trial per
+    extra worker.
     """
 
-    def __init__(self, storage_url: str) -> None:
+    def __init__(self, storage_url: str, study_name: str = "") -> None:
+        self._file_lock = None
+        self._engine = None
+        self._connection = None
+        self._key = f"pipeline:{study_name}"
         path = start_lock_path(storage_url)
-        self._lock = FileLock(path, timeout=_LOCK_TIMEOUT_S) if path else None
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._file_lock = FileLock(path, timeout=_LOCK_TIMEOUT_S)
+        elif storage_url.startswith("postgresql"):
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import NullPool
+
+            self._engine = create_engine(storage_url, poolclass=NullPool)
         self._is_held = False
 
     def acquire(self) -> None:
-        if self._lock is not None and not self._is_held:
-            self._lock.acquire()
-            self._is_held = True
+        if self._is_held:
+            return
+
+        if self._file_lock is not None:
+            self._file_lock.acquire()
+        elif self._engine is not None:
+            from sqlalchemy import text
+
+            self._connection = self._engine.connect()
+            self._connection.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": self._key})
+        self._is_held = True
 
     def release(self) -> None:
-        if self._lock is not None and self._is_held:
-            self._lock.release()
-            self._is_held = False
+        if not self._is_held:
+            return
+
+        if self._file_lock is not None:
+            self._file_lock.release()
+        elif self._connection is not None:
+            from sqlalchemy import text
+
+            self._connection.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": self._key})
+            self._connection.close()
+            self._connection = None
+        self._is_held = False
 
 
 def mark_lost(

@@ -1,0 +1,156 @@
+"""Pruning pays: the same study with the median pruner and without pruning.
+
+Both studies use the same sampler seed (``study.seed``), trial seeds (``train.seed``),
+data subset and epochs, each in its own fresh process (``benchmarks.studyrun``), the
+unpruned one first. Epochs trained are the number of intermediate values Optuna stored
+per trial, which is one per epoch that ran. The two studies do not train the same
+trials: TPE learns from pruned trials, so its draws part ways after the first prune.
+
+The replay then applies ``optuna.pruners.MedianPruner`` with other settings to the
+unpruned study's learning curves, in trial order, and reports the epochs each setting
+would have trained and whether it would have kept the best trial. The replay holds
+the sampled trials fixed, so it isolates the pruner from the sampler.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from benchmarks import common
+
+NAME = "pruning"
+TARGET_EPOCH_SHARE = 0.40
+TARGET_ACCURACY_POINTS = 0.5
+REPLAY_STARTUP_TRIALS = (1, 2, 5, 10)
+REPLAY_WARMUP_STEPS = (0, 1, 2)
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"train_subset": None, "val_subset": None, "epochs": 2, "n_trials": 4, "batch_size": 32}
+    return {"train_subset": 3000, "val_subset": 1000, "epochs": 4, "n_trials": 30, "batch_size": 128}
+
+
+def _run_study(context: common.Context, pruner: str, settings: dict) -> common.ChildRun:
+    folder = context.folder(f"pruning-{pruner}")
+    overrides = [
+        *common.study_overrides(context.data_path, context.cache_dir, folder, f"pruning-{pruner}"),
+        "model=seed_cnn",
+        f"study.pruner={pruner}",
+        f"study.n_trials={settings['n_trials']}",
+        "study.seed=0",
+        "train.seed=0",
+        f"train.epochs={settings['epochs']}",
+        f"train.batch_size={settings['batch_size']}",
+    ]
+    for key in ("train_subset", "val_subset"):
+        if settings[key] is not None:
+            overrides.append(f"data.{key}={settings[key]}")
+    context.log(f"pruning: study with pruner {pruner}")
+    return common.run_python(["-m", "benchmarks.studyrun", "--overrides", json.dumps(overrides)], folder, "study")
+
+
+def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_warmup_steps: int) -> dict[str, Any]:
+    """Replay learning curves through a median pruner; return epochs trained and the best kept value.
+
+    Like ``KerasPruningCallback``, the replay reports after every epoch and checks for a
+    prune after each report, the last epoch included.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
+    )
+    epochs = 0
+    kept = []
+    for curve in curves:
+        trial = study.ask()
+        pruned = False
+        for step, value in enumerate(curve):
+            trial.report(value, step)
+            epochs += 1
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                pruned = True
+                break
+        if not pruned:
+            study.tell(trial, curve[-1])
+            kept.append(curve[-1])
+    return {"epochs": epochs, "best": max(kept) if kept else float("nan")}
+
+
+def _summary(child: common.ChildRun) -> dict[str, Any]:
+    trials = child.result["trials"]
+    complete = [trial["value"] for trial in trials if trial["state"] == "COMPLETE"]
+    return {
+        "epochs": sum(trial["epochs"] for trial in trials),
+        "wall_s": child.result["wall_s"],
+        "best": max(complete) if complete else float("nan"),
+        "states": {state: sum(trial["state"] == state for trial in trials) for state in ("COMPLETE", "PRUNED", "FAIL")},
+    }
+
+
+def run(context: common.Context) -> list[common.Figure]:
+    common.ensure_warm_cache(context)
+    settings = sizes(context.quick)
+    load_start = common.load_average()
+    unpruned_child = _run_study(context, "none", settings)
+    pruned_child = _run_study(context, "median", settings)
+    load = f"load average {load_start} at start, {common.load_average()} at end"
+    unpruned, pruned = _summary(unpruned_child), _summary(pruned_child)
+
+    epoch_share = pruned["epochs"] / unpruned["epochs"]
+    accuracy_gap = 100 * (unpruned["best"] - pruned["best"])
+    status = context.status
+    size_text = (
+        f"{settings['n_trials']} trials of seed_cnn, {settings['epochs']} epochs, "
+        f"{settings['train_subset'] or 'all'} training and "
+        f"{settings['val_subset'] or 'all'} validation images, study.seed=0, train.seed=0, TPE"
+    )
+    figures = [
+        common.Figure(
+            NAME,
+            f"epochs trained: median pruner / no pruning (target <= {TARGET_EPOCH_SHARE:.2f})",
+            f"{epoch_share:.2f}",
+            f"{pruned['epochs']} vs {unpruned['epochs']} epochs; median pruner with the defaults "
+            f"n_startup_trials=2, n_warmup_steps=0; {size_text}",
+            status,
+        ),
+        common.Figure(
+            NAME,
+            f"best val_accuracy: no pruning minus median pruner, points (target <= {TARGET_ACCURACY_POINTS})",
+            f"{accuracy_gap:+.2f}",
+            f"best {100 * unpruned['best']:.2f}% without pruning, {100 * pruned['best']:.2f}% with; "
+            f"trial states without {unpruned['states']}, with {pruned['states']}",
+            status,
+        ),
+        common.Figure(
+            NAME,
+            "wall time: median pruner / no pruning",
+            f"{pruned['wall_s'] / unpruned['wall_s']:.2f}",
+            f"{pruned['wall_s']:.0f} s vs {unpruned['wall_s']:.0f} s, run one after the other; seconds per epoch "
+            f"{pruned['wall_s'] / pruned['epochs']:.2f} with pruning vs {unpruned['wall_s'] / unpruned['epochs']:.2f} "
+            f"without, which includes each trial's fixed cost; {load}",
+            status,
+        ),
+    ]
+
+    curves = [trial["intermediate_values"] for trial in unpruned_child.result["trials"] if trial["state"] == "COMPLETE"]
+    for startup in REPLAY_STARTUP_TRIALS:
+        for warmup in REPLAY_WARMUP_STEPS:
+            if warmup >= settings["epochs"]:
+                continue
+            replay = replay_median_pruner(curves, startup, warmup)
+            figures.append(
+                common.Figure(
+                    NAME,
+                    f"replay on the unpruned curves: n_startup_trials={startup}, n_warmup_steps={warmup}",
+                    f"epochs {replay['epochs'] / unpruned['epochs']:.2f}, best lost {100 * (unpruned['best'] - replay['best']):.2f} points",
+                    f"{replay['epochs']} of {unpruned['epochs']} epochs; best kept {100 * replay['best']:.2f}%",
+                    status,
+                )
+            )
+    return figures
