@@ -50,8 +50,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="CPU, TensorFlow backend, generated images, tiny sizes")
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a new temporary folder)")
     parser.add_argument("--result", type=Path, help="JSON file for the figures (default: gpu-results.json in the work folder)")
-    parser.add_argument("--train-subset", type=int, help="training images for the throughput runs (default 20000; dry run: all generated)")
-    parser.add_argument("--val-subset", type=int, help="validation images for the throughput runs (default 2000; dry run: all)")
+    parser.add_argument("--train-subset", type=int, help="training images per throughput run (default 20000) and per trial (default 10000); dry run: all")
+    parser.add_argument("--val-subset", type=int, help="validation images per throughput run (default 2000) and per trial (default 1000); dry run: all")
     parser.add_argument("--epochs", type=int, help="epochs per throughput run (default 3; dry run 2)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--workers", type=int, nargs="+", help="worker counts (default 1 2 4; dry run 1)")
@@ -70,8 +70,8 @@ def settings_for(options: argparse.Namespace) -> dict[str, Any]:
         "trial_settings": {
             "n_trials": options.trials or (2 if dry else 12),
             "epochs": 1 if dry else 2,
-            "train_subset": None if dry else 10000,
-            "val_subset": None if dry else 1000,
+            "train_subset": options.train_subset if options.train_subset is not None else (None if dry else 10000),
+            "val_subset": options.val_subset if options.val_subset is not None else (None if dry else 1000),
             "batch_size": options.batch_size,
         },
     }
