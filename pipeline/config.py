@@ -100,6 +100,7 @@ class StudyConfig:
     timeout: Optional[float] = None
     n_startup_trials: int = 2
     n_warmup_steps: int = 0
+    tpe_startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3
     heartbeat_interval: int = 30
@@ -277,6 +278,7 @@ def _validate_study(study: StudyConfig) -> None:
             "set study.n_trials=<count> or study.timeout=<seconds>."
         )
 
+    _check_positive("study.tpe_startup_trials", study.tpe_startup_trials)
     if study.n_startup_trials < 0 or study.n_warmup_steps < 0:
         raise UserError(
             f"study.n_startup_trials and study.n_warmup_steps must be zero or more but got "
@@ -346,7 +348,9 @@ def check_writable_folder(path: str, key: str) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
 
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    # A pseudo file system such as /proc passes os.access for root but rejects new folders.
+    pseudo = existing.resolve().parts[1:2] in (("proc",), ("sys",))
+    if pseudo or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(
             f"{key} points to {path}, but the folder {existing} cannot be written; "
             f"choose a path in a writable folder."

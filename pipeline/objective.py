@@ -71,7 +71,7 @@ def fixed_params(config: SearchConfig, hyperparameters: Mapping[str, Any]) -> di
     params = {f"train.{key}": value for key, value in train.items() if key != "progress"}
     params["model.name"] = config.model.name
     params["space"] = config.space
-    for key in ("path", "validation_fraction", "split_seed", "train_subset", "val_subset"):
+    for key in ("path", "validation_fraction", "split_seed", "train_subset", "val_subset", "test_subset"):
         params[f"data.{key}"] = getattr(config.data, key)
     return params
 

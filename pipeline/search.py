@@ -20,7 +20,15 @@ import hydra  # noqa: E402
 import optuna  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pipeline.config import SearchConfig, redact_url, register_configs, to_object, validate  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    SearchConfig,
+    absolute_path,
+    check_writable_folder,
+    redact_url,
+    register_configs,
+    to_object,
+    validate,
+)
 from pipeline.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("pipeline.search")
@@ -40,6 +48,9 @@ def _prepare(config: SearchConfig) -> tuple:
     storage_url = study_module.resolve_storage_url(config.study.storage)
     study_module.check_storage_url(storage_url)
     tracking.check_uri(tracking.resolve_uri(config.tracking.uri))
+    location = config.tracking.artifact_location
+    if location and "://" not in location:
+        check_writable_folder(os.path.join(absolute_path(location), "artifact"), "tracking.artifact_location")
 
     space = space_module.load_space(config.space, model_module.kernel_layers(config.model))
     if config.study.sampler == "grid":
@@ -155,8 +166,8 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
 
     storage_url, space, dataset = _prepare(config)
     retry = config.study.retry_lost_trials
-    gate = workers.TrialGate(storage_url, config.study.name)
     try:
+        gate = workers.TrialGate(storage_url, config.study.name)
         gate.acquire()
     except Exception as error:  # SQLAlchemy raises driver-specific types for one cause.
         raise UserError(f"study.storage {redact_url(storage_url)} could not be opened: {error}") from error

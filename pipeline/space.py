@@ -105,6 +105,9 @@ def _read_yaml_mapping(path: str) -> dict:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise UserError(f"Search space file {path} could not be read as YAML: {error}") from error
 
+    if content is None:
+        raise UserError(f"Search space file {path} is empty; give it default_choices or a list per layer under layers.")
+
     if not isinstance(content, dict):
         raise UserError(
             f"Search space file {path} must contain a mapping with keys such as "
@@ -184,6 +187,18 @@ def _parse_labelled(path: str, content: Any) -> dict[str, InitializerChoice]:
     return parsed
 
 
+def _check_hyperparameter_value(path: str, name: str, value: Any) -> None:
+    """Apply the train config's own range to a fixed value or a search bound."""
+    valid = {
+        "learning_rate": isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+        "momentum": isinstance(value, (int, float)) and 0 <= value < 1,
+        "batch_size": isinstance(value, int) and value > 0,
+    }[name]
+    if not valid:
+        expected = {"learning_rate": "a positive number", "momentum": "a number in [0, 1)", "batch_size": "a positive integer"}[name]
+        raise UserError(f"Hyperparameter {name!r} in {path} must be {expected} but got {value!r}.")
+
+
 def _parse_hyperparameter(path: str, name: str, entry: Any) -> Hyperparameter:
     if name not in SEARCHABLE_HYPERPARAMETERS:
         raise UserError(
@@ -192,6 +207,7 @@ def _parse_hyperparameter(path: str, name: str, entry: Any) -> Hyperparameter:
         )
 
     if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+        _check_hyperparameter_value(path, name, entry)
         return Hyperparameter(name=name, type="fixed", value=entry)
 
     if not isinstance(entry, dict):
@@ -202,6 +218,8 @@ def _parse_hyperparameter(path: str, name: str, entry: Any) -> Hyperparameter:
         choices = entry.get("choices")
         if not isinstance(choices, list) or not choices:
             raise UserError(f"Hyperparameter {name!r} in {path} needs a non-empty `choices` list but got {choices!r}.")
+        for choice in choices:
+            _check_hyperparameter_value(path, name, choice)
         return Hyperparameter(name=name, type=kind, choices=tuple(choices))
 
     if kind not in ("float", "int"):
@@ -217,6 +235,9 @@ def _parse_hyperparameter(path: str, name: str, entry: Any) -> Hyperparameter:
             f"Hyperparameter {name!r} in {path} needs numbers low < high (and low > 0 when "
             f"log is true) but got low={low!r}, high={high!r}, log={log}."
         )
+
+    _check_hyperparameter_value(path, name, low)
+    _check_hyperparameter_value(path, name, high)
 
     return Hyperparameter(name=name, type=kind, low=low, high=high, log=log)
 

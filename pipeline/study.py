@@ -37,8 +37,11 @@ def check_storage_url(url: str) -> None:
     """Reject a malformed storage URL or an unwritable file location, creating nothing."""
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
-        if not path:
-            raise UserError("study.storage journal: needs a file path, such as journal:mlruns/optuna.journal.")
+        if not path or os.path.isdir(path):
+            raise UserError(
+                f"study.storage {url!r} needs a file path, such as journal:mlruns/optuna.journal, "
+                f"but {path or 'the empty path'} is not a file name."
+            )
         check_writable_folder(path, "study.storage")
         return
 
@@ -102,7 +105,7 @@ def create_sampler(config: StudyConfig, grid_space: Callable[[], dict] | None, s
     """Create the sampler; ``seed_offset`` (the trials already in the study) keeps reruns from repeating draws."""
     seed = config.seed + seed_offset
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(config.n_startup_trials, 1))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.tpe_startup_trials)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "grid":

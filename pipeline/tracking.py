@@ -113,6 +113,16 @@ class Tracker:
         if existing is None:
             return None
 
+        requested = self.artifact_location
+        if requested and "://" not in requested:
+            requested = Path(absolute_path(requested)).as_uri()
+        if requested and existing.artifact_location != requested:
+            logger.warning(
+                "MLflow experiment %r keeps its artifact location %s; tracking.artifact_location=%s "
+                "applies only to new experiments",
+                self.experiment_name, existing.artifact_location, requested,
+            )
+
         if existing.lifecycle_stage == "deleted":
             raise UserError(
                 f"MLflow experiment {self.experiment_name!r} is deleted; restore it with "

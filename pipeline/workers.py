@@ -21,6 +21,7 @@ import optuna
 import psutil
 from filelock import FileLock
 
+from pipeline.errors import UserError
 from pipeline.study import JOURNAL_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,13 @@ class TrialGate:
         self._key = f"pipeline:{study_name}"
         path = start_lock_path(storage_url)
         if path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError as error:
+                raise UserError(
+                    f"The folder of study.storage, {os.path.dirname(path)}, could not be created: {error}. "
+                    f"Choose a path in a writable folder."
+                ) from error
             self._file_lock = FileLock(path, timeout=_LOCK_TIMEOUT_S)
         elif storage_url.startswith("postgresql"):
             from sqlalchemy import create_engine

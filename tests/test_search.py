@@ -222,6 +222,7 @@ def write_bad_files(folder, colour_tree: str) -> dict[str, str]:
             pickle.dump({b"data": rows, b"labels": labels}, stream)
 
     (folder / "blocker").write_text("a file where a folder is expected")
+    (folder / "negative.yaml").write_text("default_choices: [he_normal]\nhyperparameters: {learning_rate: -0.5}\n")
     return {
         "SPACE_UNKNOWN_INITIALIZER": str(folder / "unknown.yaml"),
         "SPACE_UNKNOWN_LAYER": str(folder / "layer.yaml"),
@@ -234,6 +235,8 @@ def write_bad_files(folder, colour_tree: str) -> dict[str, str]:
         "BAD_IMAGE_TREE": str(tree),
         "BAD_LABEL_BATCHES": str(batches),
         "UNWRITABLE_STORAGE": f"sqlite:///{folder / 'blocker' / 'optuna.db'}",
+        "UNWRITABLE_ARTIFACTS": str(folder / "blocker" / "artifacts"),
+        "SPACE_NEGATIVE_RATE": str(folder / "negative.yaml"),
     }
 
 
@@ -262,6 +265,10 @@ BAD_INPUTS = [
     ("malformed storage URL", ["study.storage=sqlite//mlruns/optuna.db"], "is not a valid storage URL"),
     ("unknown database", ["study.storage=nosuchdb://localhost/optuna"], "'nosuchdb://localhost/optuna' is not a valid storage URL"),
     ("storage in unwritable folder", ["study.storage=UNWRITABLE_STORAGE"], "cannot be written"),
+    ("artifacts in unwritable folder", ["tracking.artifact_location=UNWRITABLE_ARTIFACTS"], "tracking.artifact_location points to"),
+    ("journal without file", ["study.storage=journal:"], "needs a file path"),
+    ("storage under /proc", ["study.storage=sqlite:////proc/nope/optuna.db"], "cannot be written"),
+    ("negative fixed learning rate", ["space=SPACE_NEGATIVE_RATE"], "'learning_rate' in"),
     ("plain folder as tracking store", ["tracking.uri=./mlruns"], "tracking.uri './mlruns' is not supported"),
     ("unreachable tracking server", ["tracking.uri=http://127.0.0.1:9"], "could not be opened"),
     ("negative epochs", ["train.epochs=-2"], "train.epochs must be a positive number but got -2"),

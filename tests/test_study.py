@@ -36,7 +36,7 @@ def test_resolve_storage_url_relative(workdir):
         ("sqlite//mlruns/optuna.db", "is not a valid storage URL"),
         ("not a url", "is not a valid storage URL"),
         ("sqlite://", "has no database file"),
-        ("journal:", "journal: needs a file path"),
+        ("journal:", "needs a file path, such as journal:mlruns/optuna.journal"),
     ],
 )
 def test_check_storage_url_rejects(url, expected):
