@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 PLOTS_ARTIFACT_PATH = "plots"
 IMPORTANCE_METRIC_PREFIX = "importance."
+FIRST_EPOCH_METRIC_PREFIX = "importance_epoch1."
 # Seed of fANOVA's random forest, so a report of the same trials gives the same numbers.
 IMPORTANCE_SEED = 0
 _PNG_DPI = 120
@@ -145,10 +146,10 @@ def _write_png(axes: Any, path: str) -> None:
         plt.close(figure)
 
 
-def _write_plot(study: optuna.Study, folder: str, name: str) -> list[str]:
+def _write_plot(study: optuna.Study, folder: str, name: str, file_name: str | None = None) -> list[str]:
     interactive, static, kwargs = _plot_functions()[name]
-    html_path = os.path.join(folder, f"{name}.html")
-    png_path = os.path.join(folder, f"{name}.png")
+    html_path = os.path.join(folder, f"{file_name or name}.html")
+    png_path = os.path.join(folder, f"{file_name or name}.png")
     with warnings.catch_warnings():
         # Optuna marks its matplotlib plots experimental; the warning repeats on every call.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -183,12 +184,51 @@ def write_study_plots(study: optuna.Study, folder: str) -> list[str]:
     return written
 
 
+def first_epoch_study(study: optuna.Study) -> optuna.Study:
+    """Return an in-memory copy in which every trial's value is its validation accuracy after epoch 1.
+
+    fANOVA reads completed trials only, so under pruning most trials would be left out.
+    Every trial that finished its first epoch, pruned or not, has that value, so the
+    copy gives an importance over all of them.
+    """
+    copy = optuna.create_study(direction="maximize", study_name=f"{study.study_name}-epoch1")
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        first = trial.intermediate_values.get(0)
+        if first is None or not math.isfinite(first):
+            continue
+        copy.add_trial(
+            optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=first)
+        )
+    return copy
+
+
+def _log_first_epoch_importances(tracker: Any, parent_run_id: str, study: optuna.Study, folder: str) -> dict[str, float]:
+    early = first_epoch_study(study)
+    importances = param_importances(early)
+    if not importances:
+        return {}
+
+    try:
+        _write_plot(early, folder, "param_importances", file_name="param_importances_epoch1")
+    except Exception as error:  # plotly, matplotlib and Optuna raise many types; a report is optional.
+        logger.warning("skipped plot param_importances_epoch1 of study %r: %s", study.study_name, error, exc_info=True)
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    step = len(early.trials)
+    metrics = [Metric(FIRST_EPOCH_METRIC_PREFIX + name, value, timestamp, step) for name, value in importances.items()]
+    tracker.client.log_batch(parent_run_id, metrics=metrics)
+    return importances
+
+
 def log_study_report(tracker: Any, parent_run_id: str, study: optuna.Study) -> dict[str, float]:
     """Log the study's plots and parameter importances to its MLflow parent run.
 
     The plots go to the artifact folder ``plots/``. Each importance becomes the metric
     ``importance.<param>``, with step = the number of completed trials it is based on,
-    so a resumed study keeps a history. ``tracker`` is a ``pipeline.tracking.Tracker``.
+    so a resumed study keeps a history. The importances for the accuracy after epoch 1,
+    over pruned trials too, become ``importance_epoch1.<param>`` and the plot
+    ``param_importances_epoch1``. ``tracker`` is a ``pipeline.tracking.Tracker``.
     Returns the importances, empty when they cannot be computed yet.
     """
     from mlflow.entities import Metric
@@ -197,6 +237,9 @@ def log_study_report(tracker: Any, parent_run_id: str, study: optuna.Study) -> d
     importances = param_importances(study)
     with tempfile.TemporaryDirectory(prefix="study-report-") as folder:
         written = write_study_plots(study, folder)
+        _use_file_backend()
+        _log_first_epoch_importances(tracker, parent_run_id, study, folder)
+        written = sorted(os.listdir(folder))
         if written:
             tracker.client.log_artifacts(parent_run_id, folder, artifact_path=PLOTS_ARTIFACT_PATH)
 

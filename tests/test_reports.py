@@ -21,7 +21,8 @@ from pipeline.search import run_search
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = ("conv1", "conv2", "dense1", "output")
-PLOTS = ("optimization_history", "intermediate_values", "parallel_coordinate", "param_importances")
+STUDY_PLOTS = ("optimization_history", "intermediate_values", "parallel_coordinate", "param_importances")
+PLOTS = (*STUDY_PLOTS, "param_importances_epoch1")
 STUDY = "report"
 
 
@@ -221,7 +222,7 @@ def test_plots_skip_empty_study(tmp_path, caplog):
         written = write_study_plots(study, str(tmp_path / "plots"))
 
     assert written == []
-    assert caplog.text.count("skipped plot") == len(PLOTS)
+    assert caplog.text.count("skipped plot") == len(STUDY_PLOTS)
 
 
 def test_plots_of_small_study(tmp_path):
@@ -230,7 +231,36 @@ def test_plots_of_small_study(tmp_path):
     written = write_study_plots(study, str(tmp_path))
 
     # No trial reported an intermediate value, so only the learning curves are missing.
-    expected = [name for name in PLOTS if name != "intermediate_values"]
+    expected = [name for name in STUDY_PLOTS if name != "intermediate_values"]
     assert sorted(os.path.basename(path) for path in written) == sorted(
         f"{name}.{extension}" for name in expected for extension in ("html", "png")
     )
+
+
+def test_first_epoch_study_includes_pruned_trials():
+    from pipeline.reports import first_epoch_study
+
+    study = optuna.create_study(direction="maximize")
+    for index, state in enumerate(("COMPLETE", "PRUNED", "PRUNED")):
+        trial = study.ask({"conv1.kernel_initializer": optuna.distributions.CategoricalDistribution(["a", "b"])})
+        trial.report(0.1 * (index + 1), step=0)
+        if state == "COMPLETE":
+            study.tell(trial, 0.9)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+    copy = first_epoch_study(study)
+
+    assert [trial.value for trial in copy.trials] == pytest.approx([0.1, 0.2, 0.3])
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in copy.trials)
+
+
+def test_report_logs_first_epoch_importances(study_folder):
+    folder, _ = study_folder
+    client, parent = _parent_run(folder)
+    first_epoch = {key: value for key, value in parent.data.metrics.items() if key.startswith("importance_epoch1.")}
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "plots")}
+
+    assert sum(first_epoch.values()) == pytest.approx(1.0, abs=1e-6)
+    assert "plots/param_importances_epoch1.png" in artifacts
+    assert "plots/param_importances_epoch1.html" in artifacts
