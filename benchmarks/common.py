@@ -52,7 +52,7 @@ class Figure:
 
 @dataclass
 class Context:
-    """What the runner hands every benchmark: mode, data and a scratch folder."""
+    """Run settings that the runner hands every benchmark: mode, data and a scratch folder."""
 
     quick: bool
     data_path: str
@@ -72,6 +72,11 @@ class Context:
         path = self.work_dir / f"{name}-{self._folders[name]}"
         path.mkdir(parents=True, exist_ok=False)
         return path
+
+    @property
+    def mlflow_folder(self) -> Path:
+        """Folder of the MLflow store that every study of a run shares; see ``ensure_mlflow_store``."""
+        return self.work_dir / "mlflow"
 
     @property
     def status(self) -> str:
@@ -209,15 +214,21 @@ def compose_search_config(overrides: Sequence[str]) -> tuple[Any, dict]:
     return to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
-def study_overrides(data_path: str, cache_dir: Path, folder: Path, study_name: str) -> list[str]:
-    """Return Hydra overrides that put a study's storage, MLflow store and cache in ``folder``."""
+def study_overrides(data_path: str, cache_dir: Path, folder: Path, study_name: str, mlflow_folder: Path | None = None) -> list[str]:
+    """Return Hydra overrides for a study with its Optuna storage in ``folder``.
+
+    The MLflow store goes to ``mlflow_folder``, by default ``folder`` as well. A new
+    SQLite MLflow store runs MLflow's schema migrations, which take several seconds, so
+    benchmarks that do not measure that share one store created in advance.
+    """
+    mlflow_folder = mlflow_folder or folder
     return [
         f"data.path={data_path}",
         f"data.cache_dir={cache_dir}",
         f"study.name={study_name}",
         f"study.storage=sqlite:///{folder}/optuna.db",
-        f"tracking.uri=sqlite:///{folder}/mlflow.db",
-        f"tracking.artifact_location={folder}/artifacts",
+        f"tracking.uri=sqlite:///{mlflow_folder}/mlflow.db",
+        f"tracking.artifact_location={mlflow_folder}/artifacts",
         "train.progress=false",
     ]
 
@@ -349,3 +360,31 @@ def ensure_warm_cache(context: Context) -> None:
     context.log("filling the data cache (a cold decode)")
     args = ["-m", "benchmarks.dataload", "--data", context.data_path, "--cache-dir", str(context.cache_dir)]
     run_python(args, context.folder("cache-fill"), "dataload")
+
+
+def create_mlflow_store(folder: Path) -> None:
+    """Create the SQLite MLflow store ``folder/mlflow.db`` unless it exists.
+
+    Run it before starting several workers on the store: two workers that find no store
+    would both run MLflow's schema migrations on the same new file.
+    """
+    if (folder / "mlflow.db").exists():
+        return
+
+    folder.mkdir(parents=True, exist_ok=True)
+    code = "import sys; from mlflow.tracking import MlflowClient; MlflowClient(tracking_uri=sys.argv[1]).search_experiments()"
+    subprocess.run(
+        [sys.executable, "-c", code, f"sqlite:///{folder}/mlflow.db"],
+        env=child_environment(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def ensure_mlflow_store(context: Context) -> None:
+    """Create the MLflow store that every study of the run shares."""
+    create_mlflow_store(context.mlflow_folder)
+
+
+def prepare_shared_state(context: Context) -> None:
+    """Fill the data cache and create the shared MLflow store, for benchmarks that start warm."""
+    ensure_warm_cache(context)
+    ensure_mlflow_store(context)

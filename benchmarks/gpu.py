@@ -2,8 +2,8 @@
 
 Meant for a GPU machine that has JAX (and PyTorch) with CUDA but none of this project's
 other dependencies. ``bash benchmarks/gpu.sh --data PATH`` installs the carried wheels
-and runs this module with ``KERAS_BACKEND=jax``; docs/benchmarks.md says how to build
-the wheel folder. On JAX, ``pipeline.training`` feeds NumPy arrays to ``fit``, not
+and runs this module with ``KERAS_BACKEND=jax``. docs/benchmarks.md describes how to
+build the wheel folder. On JAX, ``pipeline.training`` feeds NumPy arrays to ``fit``, not
 tf.data, and the signal check logs NaN gradient norms, because it computes gradients
 with TensorFlow only.
 
@@ -55,23 +55,35 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs per throughput run (default 3; dry run 2)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--workers", type=int, nargs="+", help="worker counts (default 1 2 4; dry run 1)")
-    parser.add_argument("--trials", type=int, help="trials per worker run (default 12; dry run 2)")
+    parser.add_argument("--trials", type=int, help="trials per worker run (default 12; dry run 1)")
     return parser.parse_args(argv)
+
+
+def _size(requested: int | None, dry_run: bool, full_size: int) -> int | None:
+    """Return the requested image count, else all images in a dry run and ``full_size`` otherwise."""
+    if requested is not None:
+        return requested
+    if dry_run:
+        return None
+    return full_size
 
 
 def settings_for(options: argparse.Namespace) -> dict[str, Any]:
     dry = options.dry_run
     return {
-        "train_subset": options.train_subset if options.train_subset is not None else (None if dry else 20000),
-        "val_subset": options.val_subset if options.val_subset is not None else (None if dry else 2000),
+        "train_subset": _size(options.train_subset, dry, 20000),
+        "val_subset": _size(options.val_subset, dry, 2000),
         "epochs": options.epochs or (2 if dry else 3),
         "batch_size": options.batch_size,
         "workers": options.workers or ([1] if dry else [1, 2, 4]),
+        # The dry run covers each code path once: one model, and each switch on once.
+        "models": ("seed_cnn",) if dry else MODELS,
+        "precision_and_xla": ((False, True), (True, False)) if dry else ((False, True), (False, False), (True, True), (True, False)),
         "trial_settings": {
-            "n_trials": options.trials or (2 if dry else 12),
+            "n_trials": options.trials or (1 if dry else 12),
             "epochs": 1 if dry else 2,
-            "train_subset": options.train_subset if options.train_subset is not None else (None if dry else 10000),
-            "val_subset": options.val_subset if options.val_subset is not None else (None if dry else 1000),
+            "train_subset": _size(options.train_subset, dry, 10000),
+            "val_subset": _size(options.val_subset, dry, 1000),
             "batch_size": options.batch_size,
         },
     }
@@ -150,7 +162,7 @@ def figure(name: str, value: str, detail: str = "") -> dict[str, str]:
 def training_figures(keras: Any, data: Any, settings: dict) -> list[dict[str, str]]:
     rows = []
     size = f"{len(data.y_train)} training images, batch {settings['batch_size']}, {settings['epochs']} epochs"
-    for model_name in MODELS:
+    for model_name in settings["models"]:
         reference = measure_plain(keras, data, model_name, settings)
         rows.append(
             figure(
@@ -159,31 +171,33 @@ def training_figures(keras: Any, data: Any, settings: dict) -> list[dict[str, st
                 f"epoch {reference['epoch_s']:.2f} s, first epoch {reference['first_epoch_s']:.2f} s; input {reference['input']}; {size}",
             )
         )
-        for mixed in (False, True):
-            for xla in (True, False):
-                result = measure_fit(keras, data, model_name, mixed, xla, settings)
-                ratio = ""
-                if not mixed and xla:
-                    ratio = f"; epoch time {result['epoch_s'] / reference['epoch_s']:.2f} x the plain script's"
-                rows.append(
-                    figure(
-                        f"{model_name}: pipeline fit, {'mixed_float16' if mixed else 'float32'}, XLA {'on' if xla else 'off'}",
-                        f"{result['images_per_s']:.0f} images/s",
-                        f"epoch {result['epoch_s']:.2f} s, first epoch {result['first_epoch_s']:.2f} s, "
-                        f"val_accuracy {result['val_accuracy']:.3f}{ratio}",
-                    )
+        for mixed, xla in settings["precision_and_xla"]:
+            result = measure_fit(keras, data, model_name, mixed, xla, settings)
+            ratio = ""
+            if not mixed and xla:
+                ratio = f"; epoch time {result['epoch_s'] / reference['epoch_s']:.2f} x the plain script's"
+            rows.append(
+                figure(
+                    f"{model_name}: pipeline fit, {'mixed_float16' if mixed else 'float32'}, XLA {'on' if xla else 'off'}",
+                    f"{result['images_per_s']:.0f} images/s",
+                    f"epoch {result['epoch_s']:.2f} s, first epoch {result['first_epoch_s']:.2f} s, "
+                    f"val_accuracy {result['val_accuracy']:.3f}{ratio}",
                 )
+            )
     return rows
 
 
 def worker_figures(data_path: str, cache_dir: Path, work_dir: Path, settings: dict, backend: str) -> list[dict[str, str]]:
     rows = []
     env = {"KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    mlflow_folder = work_dir / "mlflow"
+    common.create_mlflow_store(mlflow_folder)
     single = None
     for workers in settings["workers"]:
         folder = work_dir / f"workers-{workers}"
         folder.mkdir(parents=True, exist_ok=True)
-        summary = scaling.summarize(scaling.run_workers(data_path, cache_dir, folder, workers, settings["trial_settings"], env))
+        run = scaling.run_workers(data_path, cache_dir, folder, workers, settings["trial_settings"], env, mlflow_folder)
+        summary = scaling.summarize(run)
         single = single or (summary["per_hour"] if workers == 1 else None)
         ratio = f"; {summary['per_hour'] / single:.2f} x one worker" if single and workers != 1 else ""
         trial = settings["trial_settings"]
@@ -238,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Runner entry: the dry run through gpu.sh, since no GPU is at hand here
+# Runner entry: the dry run through gpu.sh, because the runner's machine may have no GPU
 
 
 def run(context: common.Context) -> list[common.Figure]:
@@ -264,7 +278,7 @@ def run(context: common.Context) -> list[common.Figure]:
             NAME,
             "GPU figures (images/s, epoch time, mixed precision, XLA, plain reference, 1/2/4 workers)",
             "not run",
-            "no GPU in this session; run `bash benchmarks/gpu.sh --data DATA` on a GPU machine",
+            "the runner ran on a machine without a GPU; run `bash benchmarks/gpu.sh --data DATA` on a GPU machine",
             "not run",
         ),
         common.Figure(

@@ -31,6 +31,9 @@ else
         exit 2
     fi
     "$python" -m pip install --no-index --no-deps --find-links "$wheels" -r benchmarks/gpu-requirements.txt
+    if ! "$python" -c "import PIL" 2>/dev/null; then
+        "$python" -m pip install --no-index --no-deps --find-links "$wheels" pillow==13.0.0
+    fi
     export KERAS_BACKEND=jax
     # Each JAX process reserves 75% of the GPU memory by default, which starves a second worker.
     export XLA_PYTHON_CLIENT_PREALLOCATE=false

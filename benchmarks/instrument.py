@@ -19,7 +19,7 @@ class Stopwatch:
 
     The segment names the part of a run (``setup``, ``trial-0``, ...) that a caller sets.
     Times are inclusive, so a wrapped function that calls another wrapped function counts
-    that time under both labels. Calls from other threads, such as Optuna's heartbeat,
+    that time under both labels. A call nested in a call under the same label counts once. Calls from other threads, such as Optuna's heartbeat,
     are not on the training path and are skipped.
     """
 

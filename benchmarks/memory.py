@@ -34,11 +34,11 @@ def slope(values: list[float]) -> float:
 
 
 def run(context: common.Context) -> list[common.Figure]:
-    common.ensure_warm_cache(context)
+    common.prepare_shared_state(context)
     settings = sizes(context.quick)
     folder = context.folder("memory")
     overrides = [
-        *common.study_overrides(context.data_path, context.cache_dir, folder, "memory"),
+        *common.study_overrides(context.data_path, context.cache_dir, folder, "memory", context.mlflow_folder),
         "model=seed_cnn",
         "study.pruner=none",
         f"study.n_trials={settings['n_trials']}",
@@ -76,7 +76,7 @@ def run(context: common.Context) -> list[common.Figure]:
             "RSS growth over the whole study",
             f"{rss[-1] - rss[0]:+.0f} MiB",
             f"after trial 0 {rss[0]:.0f} MiB, after the last trial {rss[-1]:.0f} MiB, maximum {max(rss):.0f} MiB; "
-            f"{child.result['rss_before_mb']:.0f} MiB after loading the data, before the study",
+            f"{child.result['rss_before_mb']:.0f} MiB after loading the data, before run_search imported Keras",
             context.status,
         ),
         common.Figure(

@@ -1,10 +1,10 @@
 """The hand-written Keras reference: seed_cnn or plain_deep trained by a plain ``model.fit`` script.
 
 It trains on the same normalized arrays as the pipeline (``pipeline.data.load_dataset``
-with the same data settings) with the same optimizer (Adam, learning rate 1e-3), loss,
-batch size, epochs and input pipeline: ``tf.data`` with the same shuffle buffer on
-TensorFlow, or NumPy arrays with ``shuffle=True`` elsewhere, as ``pipeline.training``
-does. Nothing else of the pipeline runs: no Optuna, MLflow, Hydra, signal check or
+with the same data settings). The optimizer (Adam, learning rate 1e-3), loss, batch
+size and epochs are the same. So is the input pipeline, as in ``pipeline.training``:
+``tf.data`` with the same shuffle buffer on TensorFlow, NumPy arrays with
+``shuffle=True`` on other backends. Nothing else of the pipeline runs: no Optuna, MLflow, Hydra, signal check or
 model cache. Each fit builds and compiles a new model, as a script looping over
 settings would.
 

@@ -6,9 +6,9 @@ unpruned one first. Epochs trained are the number of intermediate values Optuna 
 per trial, which is one per epoch that ran. The two studies do not train the same
 trials: TPE learns from pruned trials, so its draws part ways after the first prune.
 
-The replay then applies ``optuna.pruners.MedianPruner`` with other settings to the
-unpruned study's learning curves, in trial order, and reports the epochs each setting
-would have trained and whether it would have kept the best trial. The replay holds
+The replay then applies ``optuna.pruners.MedianPruner`` with other settings, and
+``SuccessiveHalvingPruner``, to the unpruned study's learning curves, in trial order, and reports the epochs each setting
+would have trained and whether it would have kept the best trial. The replay keeps
 the sampled trials fixed, so it isolates the pruner from the sampler.
 """
 
@@ -24,20 +24,23 @@ TARGET_EPOCH_SHARE = 0.40
 TARGET_ACCURACY_POINTS = 0.5
 REPLAY_STARTUP_TRIALS = (1, 2, 5, 10)
 REPLAY_WARMUP_STEPS = (0, 1, 2)
+REPLAY_REDUCTION_FACTORS = (2, 3)
 
 
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"train_subset": None, "val_subset": None, "epochs": 2, "n_trials": 4, "batch_size": 32}
+        return {"train_subset": None, "val_subset": None, "epochs": 2, "n_trials": 3, "batch_size": 32}
     return {"train_subset": 3000, "val_subset": 1000, "epochs": 4, "n_trials": 30, "batch_size": 128}
 
 
 def _run_study(context: common.Context, pruner: str, settings: dict) -> common.ChildRun:
     folder = context.folder(f"pruning-{pruner}")
     overrides = [
-        *common.study_overrides(context.data_path, context.cache_dir, folder, f"pruning-{pruner}"),
+        *common.study_overrides(context.data_path, context.cache_dir, folder, f"pruning-{pruner}", context.mlflow_folder),
         "model=seed_cnn",
         f"study.pruner={pruner}",
+        "study.n_startup_trials=2",
+        "study.n_warmup_steps=0",
         f"study.n_trials={settings['n_trials']}",
         "study.seed=0",
         "train.seed=0",
@@ -51,8 +54,8 @@ def _run_study(context: common.Context, pruner: str, settings: dict) -> common.C
     return common.run_python(["-m", "benchmarks.studyrun", "--overrides", json.dumps(overrides)], folder, "study")
 
 
-def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_warmup_steps: int) -> dict[str, Any]:
-    """Replay learning curves through a median pruner; return epochs trained and the best kept value.
+def replay_pruner(curves: list[list[float]], pruner: Any) -> dict[str, Any]:
+    """Replay learning curves through ``pruner``; return epochs trained and the best kept value.
 
     Like ``KerasPruningCallback``, the replay reports after every epoch and checks for a
     prune after each report, the last epoch included.
@@ -60,10 +63,7 @@ def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_war
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
-    )
+    study = optuna.create_study(direction="maximize", pruner=pruner)
     epochs = 0
     kept = []
     for curve in curves:
@@ -82,6 +82,41 @@ def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_war
     return {"epochs": epochs, "best": max(kept) if kept else float("nan")}
 
 
+def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_warmup_steps: int) -> dict[str, Any]:
+    import optuna
+
+    return replay_pruner(curves, optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps))
+
+
+def replay_figures(curves: list[list[float]], unpruned_epochs: int, unpruned_best: float, epochs: int, status: str) -> list[common.Figure]:
+    """Replay the median pruner over a grid of settings, and successive halving, on fixed curves."""
+    import optuna
+
+    settings = [
+        (f"median, n_startup_trials={startup}, n_warmup_steps={warmup}", optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup))
+        for startup in REPLAY_STARTUP_TRIALS
+        for warmup in REPLAY_WARMUP_STEPS
+        if warmup < epochs
+    ]
+    settings += [
+        (f"successive_halving, min_resource=1, reduction_factor={factor}", optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=factor))
+        for factor in REPLAY_REDUCTION_FACTORS
+    ]
+    figures = []
+    for label, pruner in settings:
+        replay = replay_pruner(curves, pruner)
+        figures.append(
+            common.Figure(
+                NAME,
+                f"replay on the unpruned curves: {label}",
+                f"epochs {replay['epochs'] / unpruned_epochs:.2f}, best lost {100 * (unpruned_best - replay['best']):.2f} points",
+                f"{replay['epochs']} of {unpruned_epochs} epochs; best kept {100 * replay['best']:.2f}%",
+                status,
+            )
+        )
+    return figures
+
+
 def _summary(child: common.ChildRun) -> dict[str, Any]:
     trials = child.result["trials"]
     complete = [trial["value"] for trial in trials if trial["state"] == "COMPLETE"]
@@ -94,7 +129,7 @@ def _summary(child: common.ChildRun) -> dict[str, Any]:
 
 
 def run(context: common.Context) -> list[common.Figure]:
-    common.ensure_warm_cache(context)
+    common.prepare_shared_state(context)
     settings = sizes(context.quick)
     load_start = common.load_average()
     unpruned_child = _run_study(context, "none", settings)
@@ -139,18 +174,5 @@ def run(context: common.Context) -> list[common.Figure]:
     ]
 
     curves = [trial["intermediate_values"] for trial in unpruned_child.result["trials"] if trial["state"] == "COMPLETE"]
-    for startup in REPLAY_STARTUP_TRIALS:
-        for warmup in REPLAY_WARMUP_STEPS:
-            if warmup >= settings["epochs"]:
-                continue
-            replay = replay_median_pruner(curves, startup, warmup)
-            figures.append(
-                common.Figure(
-                    NAME,
-                    f"replay on the unpruned curves: n_startup_trials={startup}, n_warmup_steps={warmup}",
-                    f"epochs {replay['epochs'] / unpruned['epochs']:.2f}, best lost {100 * (unpruned['best'] - replay['best']):.2f} points",
-                    f"{replay['epochs']} of {unpruned['epochs']} epochs; best kept {100 * replay['best']:.2f}%",
-                    status,
-                )
-            )
+    figures += replay_figures(curves, unpruned["epochs"], unpruned["best"], settings["epochs"], status)
     return figures

@@ -9,7 +9,7 @@ its figures mean nothing, and it writes its page and figures into the work folde
 instead of docs/. Figures are stored in benchmarks/results.json, so ``--only``
 replaces the rows of the named benchmarks and keeps the others.
 
-Exit codes: 0 when every selected benchmark ran, 1 when one failed (its row says why),
+Exit codes: 0 when every selected benchmark ran, 1 when one failed (its row gives the error),
 2 for a usage error.
 """
 

@@ -27,7 +27,7 @@ NAME = "scaling"
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {"n_trials": 2, "epochs": 1, "train_subset": None, "val_subset": None, "batch_size": 32, "sequence": (2,)}
-    return {"n_trials": 8, "epochs": 2, "train_subset": 2000, "val_subset": 500, "batch_size": 128, "sequence": (1, 2, 2, 1)}
+    return {"n_trials": 6, "epochs": 2, "train_subset": 2000, "val_subset": 500, "batch_size": 128, "sequence": (1, 2, 2, 1)}
 
 
 def thread_environment(threads: int) -> dict[str, str]:
@@ -42,20 +42,21 @@ def run_workers(
     workers: int,
     settings: dict[str, Any],
     env: dict[str, str] | None = None,
-    extra_overrides: Sequence[str] = (),
+    mlflow_folder: Path | None = None,
 ) -> dict[str, Any]:
     """Start ``workers`` processes of ``python -m pipeline.search`` on one new study and wait for all.
 
-    Returns the wall time, the children's CPU time and every trial's record.
+    Returns the wall time, the children's CPU time and every trial's record. Create
+    the MLflow store in ``mlflow_folder`` (default ``folder``) before, with
+    ``common.ensure_mlflow_store``, because two workers must not create it together.
     """
     overrides = [
-        *common.study_overrides(data_path, cache_dir, folder, "scaling"),
+        *common.study_overrides(data_path, cache_dir, folder, "scaling", mlflow_folder),
         "model=seed_cnn",
         "study.pruner=none",
         f"study.n_trials={settings['n_trials']}",
         f"train.epochs={settings['epochs']}",
         f"train.batch_size={settings['batch_size']}",
-        *extra_overrides,
     ]
     for key in ("train_subset", "val_subset"):
         if settings[key] is not None:
@@ -99,7 +100,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(context: common.Context) -> list[common.Figure]:
-    common.ensure_warm_cache(context)
+    common.prepare_shared_state(context)
     settings = sizes(context.quick)
     cores = os.cpu_count() or 1
     load_start = common.load_average()
@@ -108,7 +109,9 @@ def run(context: common.Context) -> list[common.Figure]:
         folder = context.folder(f"scaling-{workers}")
         threads = max(1, cores // workers)
         context.log(f"scaling: {workers} worker(s), {threads} thread(s) each")
-        result = run_workers(context.data_path, context.cache_dir, folder, workers, settings, thread_environment(threads))
+        result = run_workers(
+            context.data_path, context.cache_dir, folder, workers, settings, thread_environment(threads), context.mlflow_folder
+        )
         summaries.setdefault(workers, []).append(summarize(result))
     load = f"load average {load_start} at start, {common.load_average()} at end"
 

@@ -110,10 +110,10 @@ def launch_child() -> None:
 # Parent
 
 
-def _pipeline_launch(context: common.Context, cache_dir: Path, label: str) -> dict:
+def _pipeline_launch(context: common.Context, cache_dir: Path, label: str, mlflow_folder: Path | None) -> dict:
     folder = context.folder(f"startup-{label}")
     overrides = [
-        *common.study_overrides(context.data_path, cache_dir, folder, "startup"),
+        *common.study_overrides(context.data_path, cache_dir, folder, "startup", mlflow_folder),
         "model=seed_cnn",
         "study.n_trials=1",
         "train.epochs=1",
@@ -236,13 +236,14 @@ def run(context: common.Context) -> list[common.Figure]:
     load_start = common.load_average()
     cold_cache = context.folder("startup-cold-cache")
     cold = [_data_load(context, cold_cache, "cold")]
-    warm = [_data_load(context, cold_cache, "warm") for _ in range(1 if context.quick else 3)]
+    warm = [_data_load(context, cold_cache, "warm") for _ in range(1 if context.quick else 2)]
 
-    common.ensure_warm_cache(context)
-    pipeline_cold = [] if context.quick else [_pipeline_launch(context, context.folder("startup-empty-cache"), "cold")]
+    common.prepare_shared_state(context)
+    # Cold: empty data cache and a new MLflow store. Warm: the shared cache and store.
+    pipeline_cold = [] if context.quick else [_pipeline_launch(context, context.folder("startup-empty-cache"), "cold", None)]
     pipeline_warm, plain_warm = [], []
     for _ in range(1 if context.quick else 2):
-        pipeline_warm.append(_pipeline_launch(context, context.cache_dir, "warm"))
+        pipeline_warm.append(_pipeline_launch(context, context.cache_dir, "warm", context.mlflow_folder))
         plain_warm.append(_plain_launch(context))
     load = f"{load_start} at start, {common.load_average()} at end"
 
