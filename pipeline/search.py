@@ -216,7 +216,10 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
             f"{metrics['best_val_accuracy']:.4f} (trial {tags['best_trial']})" if "best_trial" in tags else "none yet",
         )
     if exit_code == 0:
-        log_study_report(tracker, parent_id, study)
+        try:
+            log_study_report(tracker, parent_id, study)
+        except Exception:  # The report is optional: a missing plotting library must not fail a finished study.
+            logger.warning("the study report of %r could not be made", study.study_name, exc_info=True)
     return exit_code
 
 
