@@ -3,8 +3,8 @@
     python -m pipeline.launch --workers 4 --gpus 0,1 -- model=seed_cnn +cluster=postgres
 
 Every worker runs the same command with the overrides after ``--``, so they share the
-study that the config names. With ``--gpus``, worker ``i`` sees only GPU
-``gpus[i % len(gpus)]`` through ``CUDA_VISIBLE_DEVICES``, so two workers per GPU need
+study that the config names. With ``--gpus``, ``CUDA_VISIBLE_DEVICES`` limits worker
+``i`` to GPU ``gpus[i % len(gpus)]``, so two workers per GPU need
 ``--workers 4 --gpus 0,1``. Workers on other machines join by running the same search
 command. When a worker dies, the others go on, and its trial is recovered as a lost
 trial by the next trial start of any worker.
