@@ -351,3 +351,26 @@ def test_search_memory_flat_over_trials(workdir, colour_tree):
 
     growth_per_trial = (rss[-1] - rss[3]) / (len(rss) - 4)
     assert growth_per_trial < 5.0, rss
+
+
+def test_search_multirun_one_study_per_model(tmp_path, colour_tree):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.search", "--multirun", "model=seed_cnn,plain_deep",
+         f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.batch_size=16", "train.epochs=1",
+         "train.progress=false", "study.n_trials=1", "diagnostics.enabled=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": REPOSITORY},
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    names = sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage))
+    assert names == ["initializers-plain_deep", "initializers-seed_cnn"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        parents = client.search_runs([experiment.experiment_id], filter_string="tags.`pipeline.role` = 'study'")
+        assert len(parents) == 1
+        config = client.download_artifacts(parents[0].info.run_id, "config.yaml", str(tmp_path / name))
+        assert yaml.safe_load(open(config))["model"]["name"] == name.split("-", 1)[1]
+    assert (tmp_path / "mlruns" / "hydra").is_dir()
