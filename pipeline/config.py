@@ -119,7 +119,7 @@ class TrackingConfig:
 
 @dataclass
 class ExportConfig:
-    """Where ``pipeline.export`` writes; null path means ``exports/<study>-best.<format>``."""
+    """The output file of ``pipeline.export``; a null path means ``exports/<study>-best.<format>``."""
 
     path: Optional[str] = None
     format: str = "yaml"

@@ -1,6 +1,6 @@
 """The functional-API model builder: layer configs plus a layer-to-initializer mapping.
 
-This module knows nothing of Optuna or MLflow. An initializer is given as a Keras
+This module does not use Optuna or MLflow. An initializer is given as a Keras
 config, ``{"class_name": ..., "config": {...}}``, under the name of its layer.
 """
 
@@ -114,9 +114,9 @@ def kernel_shapes(model: ModelConfig, num_classes: int | None = None) -> dict[st
 def reinitialize(model: keras.Model, config: ModelConfig, initializers: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Give a built model fresh weights, as ``build_model`` would, without building it again.
 
-    Each kernel layer gets the initializer mapped to its name (glorot_uniform when
-    missing), which is stored on the layer and used to draw a new kernel; biases are
-    drawn from their own initializers. Keeping the model lets a process reuse its traced
+    Each kernel layer gets the initializer mapped to its name, or glorot_uniform when
+    none is mapped. The initializer is stored on the layer and draws the new kernel.
+    Biases are drawn from their own initializers. Keeping the model lets a process reuse its traced
     train step across trials, because TensorFlow keeps memory for every traced function.
     """
     initializers = dict(initializers or {})

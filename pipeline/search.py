@@ -70,7 +70,7 @@ def _prepare(config: SearchConfig) -> tuple:
 
 
 def _devices() -> tuple[str, str]:
-    """Return the Keras backend and the accelerators it sees, for the worker's start line."""
+    """Return the Keras backend and its visible accelerators, for the worker's start line."""
     import keras
 
     backend = keras.backend.backend()

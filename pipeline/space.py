@@ -35,7 +35,7 @@ _SPACES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 @dataclass(frozen=True)
 class InitializerChoice:
-    """A label as Optuna sees it, and the Keras initializer name and arguments behind it."""
+    """A label as Optuna samples it, with the Keras initializer name and arguments behind it."""
 
     label: str
     name: str
