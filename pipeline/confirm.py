@@ -419,13 +419,7 @@ def _prepare(config: SearchConfig) -> tuple[Arm, Arm, Any]:
         )
 
     dataset = load_dataset(config.data)
-    image_shape = list(dataset.x_test.shape[1:])
-    if image_shape != list(config.model.input_shape):
-        raise UserError(
-            f"model.input_shape is {list(config.model.input_shape)} but the images of {dataset.source} "
-            f"have shape {image_shape}; set model.input_shape={image_shape}."
-        )
-
+    model_module.check_input_shape(config.model, dataset.x_test.shape[1:], dataset.source)
     shapes = model_module.kernel_shapes(config.model, num_classes=len(dataset.class_names))
     _check_arm_shapes(candidate, shapes)
     _check_arm_shapes(baseline, shapes)

@@ -102,6 +102,16 @@ def build_model(
     return keras.Model(inputs=inputs, outputs=outputs, name=model.name)
 
 
+def check_input_shape(model: ModelConfig, image_shape: tuple[int, ...], source: str) -> None:
+    """Raise ``UserError`` unless the images from ``source`` have the model's input shape."""
+    image_shape = tuple(image_shape)
+    if image_shape != tuple(model.input_shape):
+        raise UserError(
+            f"model.input_shape is {list(model.input_shape)} but the images of {source} have "
+            f"shape {list(image_shape)}; set model.input_shape={list(image_shape)}."
+        )
+
+
 def kernel_shapes(model: ModelConfig, num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
     """Build the model once with default initializers and return each kernel's shape."""
     built = build_model(model, num_classes=num_classes)

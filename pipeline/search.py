@@ -57,13 +57,7 @@ def _prepare(config: SearchConfig) -> tuple:
         space_module.grid(space)
 
     dataset = load_dataset(config.data)
-    image_shape = tuple(dataset.x_train.shape[1:])
-    if image_shape != tuple(config.model.input_shape):
-        raise UserError(
-            f"model.input_shape is {list(config.model.input_shape)} but the images of "
-            f"{dataset.source} have shape {list(image_shape)}; set model.input_shape={list(image_shape)}."
-        )
-
+    model_module.check_input_shape(config.model, dataset.x_train.shape[1:], dataset.source)
     shapes = model_module.kernel_shapes(config.model, num_classes=len(dataset.class_names))
     space_module.check_kernel_shapes(space, shapes)
     return storage_url, space, dataset

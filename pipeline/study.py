@@ -9,7 +9,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 
@@ -19,7 +19,7 @@ from pipeline.errors import UserError
 logger = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
-_SQLITE_PREFIX = "sqlite:///"
+SQLITE_PREFIX = "sqlite:///"
 
 
 def resolve_storage_url(url: str) -> str:
@@ -27,8 +27,8 @@ def resolve_storage_url(url: str) -> str:
     if url.startswith(JOURNAL_PREFIX):
         return JOURNAL_PREFIX + absolute_path(url[len(JOURNAL_PREFIX):])
 
-    if url.startswith(_SQLITE_PREFIX) and not os.path.isabs(url[len(_SQLITE_PREFIX):]):
-        return _SQLITE_PREFIX + absolute_path(url[len(_SQLITE_PREFIX):])
+    if url.startswith(SQLITE_PREFIX) and not os.path.isabs(url[len(SQLITE_PREFIX):]):
+        return SQLITE_PREFIX + absolute_path(url[len(SQLITE_PREFIX):])
 
     return url
 
@@ -83,8 +83,8 @@ def create_storage(
         backend = optuna.storages.journal.JournalFileBackend(path)
         return optuna.storages.JournalStorage(backend)
 
-    if url.startswith(_SQLITE_PREFIX):
-        Path(url[len(_SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith(SQLITE_PREFIX):
+        Path(url[len(SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
 
     try:
         with warnings.catch_warnings():

@@ -22,14 +22,13 @@ import psutil
 from filelock import FileLock
 
 from pipeline.errors import UserError
-from pipeline.study import JOURNAL_PREFIX
+from pipeline.study import JOURNAL_PREFIX, SQLITE_PREFIX
 
 logger = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
 LOST_PREFIX = "lost_trial_"
 RETRY_OF_ATTR = "retry_of"
-_SQLITE_PREFIX = "sqlite:///"
 _LOCK_TIMEOUT_S = 600
 
 State = optuna.trial.TrialState
@@ -81,8 +80,8 @@ def start_lock_path(storage_url: str) -> str | None:
     if storage_url.startswith(JOURNAL_PREFIX):
         return storage_url[len(JOURNAL_PREFIX):] + ".start-lock"
 
-    if storage_url.startswith(_SQLITE_PREFIX):
-        return storage_url[len(_SQLITE_PREFIX):] + ".start-lock"
+    if storage_url.startswith(SQLITE_PREFIX):
+        return storage_url[len(SQLITE_PREFIX):] + ".start-lock"
 
     return None
 
