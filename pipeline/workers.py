@@ -51,7 +51,12 @@ def _is_dead_local_worker(identity: str) -> bool:
         return False
 
     try:
-        return abs(psutil.Process(pid_number).create_time() - start_time) > 0.05
+        process = psutil.Process(pid_number)
+        if abs(process.create_time() - start_time) > 0.05:
+            return True
+
+        # A killed worker stays a zombie until its parent (a shell, the launcher) reaps it.
+        return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 

@@ -8,11 +8,21 @@ import subprocess
 import sys
 import time
 
+import filelock
 import optuna
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.workers import RETRY_OF_ATTR, TrialGate, lost_trials, used_budget, worker_identity
+from pipeline.workers import (
+    RETRY_OF_ATTR,
+    WORKER_ATTR,
+    TrialGate,
+    lost_trials,
+    recover_dead_workers,
+    used_budget,
+    worker_identity,
+)
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,8 +159,8 @@ def test_trial_gate_serializes(tmp_path):
     other = TrialGate(f"sqlite:///{tmp_path}/optuna.db")
     gate.acquire()
 
-    with pytest.raises(Exception):
-        other._lock.acquire(timeout=0.2)
+    with pytest.raises(filelock.Timeout):
+        other._file_lock.acquire(timeout=0.2)
     gate.release()
     other.acquire()
     other.release()
@@ -161,3 +171,30 @@ def test_worker_identity_is_this_process():
 
     assert int(pid) == os.getpid()
     assert host
+
+
+def test_recover_dead_workers_finds_unreaped_killed_worker(tmp_path):
+    # A launcher waits on its workers in order, so a killed later worker stays a zombie for a while.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    process = psutil.Process(child.pid)
+    identity = f"{worker_identity().rsplit(':', 2)[0]}:{child.pid}:{process.create_time():.2f}"
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="zombie", direction="maximize")
+    trial = study.ask()
+    trial.set_user_attr(WORKER_ATTR, identity)
+    ignore_run = lambda run_id, reason: None  # noqa: E731  The trial has no MLflow run here.
+    try:
+        assert recover_dead_workers(study, retry=False, close_run=ignore_run) == []
+
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.status() == psutil.STATUS_ZOMBIE
+
+        assert recover_dead_workers(study, retry=False, close_run=ignore_run) == [trial.number]
+    finally:
+        child.kill()
+        child.wait()
+
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert list(lost_trials(study)) == [trial.number]
