@@ -173,7 +173,7 @@ def test_worker_identity_is_this_process():
     assert host
 
 
-def test_recover_dead_workers_finds_unreaped_killed_worker(tmp_path):
+def test_recover_finds_unreaped_killed_worker(tmp_path):
     # A launcher waits on its workers in order, so a killed later worker stays a zombie for a while.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     process = psutil.Process(child.pid)
