@@ -1,4 +1,4 @@
-"""Pruning pays: the same study with the median pruner and without pruning.
+"""Pruning pays: the same study with the default pruner and without pruning.
 
 Both studies use the same sampler seed (``study.seed``), trial seeds (``train.seed``),
 data subset and epochs, each in its own fresh process (``benchmarks.studyrun``), the
@@ -6,10 +6,12 @@ unpruned one first. Epochs trained are the number of intermediate values Optuna 
 per trial, which is one per epoch that ran. The two studies do not train the same
 trials: TPE learns from pruned trials, so its draws part ways after the first prune.
 
-The replay then applies ``optuna.pruners.MedianPruner`` with other settings, and
-``SuccessiveHalvingPruner``, to the unpruned study's learning curves, in trial order, and reports the epochs each setting
-would have trained and whether it would have kept the best trial. The replay keeps
-the sampled trials fixed, so it isolates the pruner from the sampler.
+The pruned study takes its pruner settings from ``conf/study/default.yaml``, so the
+figures describe the shipped defaults. The replay then applies Optuna's median and
+percentile pruners with other settings, and successive halving, to the unpruned study's
+learning curves, in trial order. It reports the epochs each setting would have trained
+and whether it would have kept the best trial. The replay keeps the sampled trials
+fixed, so it isolates the pruner from the sampler.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ TARGET_ACCURACY_POINTS = 0.5
 REPLAY_STARTUP_TRIALS = (1, 2, 5, 10)
 REPLAY_WARMUP_STEPS = (0, 1, 2)
 REPLAY_REDUCTION_FACTORS = (2, 3)
+REPLAY_PERCENTILES = (20.0, 25.0, 33.0, 40.0)
 
 
 def sizes(quick: bool) -> dict[str, Any]:
@@ -33,14 +36,25 @@ def sizes(quick: bool) -> dict[str, Any]:
     return {"train_subset": 3000, "val_subset": 1000, "epochs": 4, "n_trials": 30, "batch_size": 128}
 
 
-def _run_study(context: common.Context, pruner: str, settings: dict) -> common.ChildRun:
-    folder = context.folder(f"pruning-{pruner}")
+def default_pruner() -> str:
+    """Describe the pruner settings that the composed default config uses."""
+    study = common.compose_search_config(["study.name=describe"])[0].study
+    keys = {
+        "median": ("n_startup_trials", "n_warmup_steps"),
+        "percentile": ("percentile", "n_startup_trials", "n_warmup_steps"),
+        "successive_halving": ("min_resource", "reduction_factor"),
+        "hyperband": ("min_resource", "reduction_factor"),
+    }.get(study.pruner, ())
+    return ", ".join([study.pruner, *(f"{key}={getattr(study, key)}" for key in keys)])
+
+
+def _run_study(context: common.Context, pruner: str | None, settings: dict) -> common.ChildRun:
+    name = "pruning-default" if pruner is None else f"pruning-{pruner}"
+    folder = context.folder(name)
     overrides = [
-        *common.study_overrides(context.data_path, context.cache_dir, folder, f"pruning-{pruner}", context.mlflow_folder),
+        *common.study_overrides(context.data_path, context.cache_dir, folder, name, context.mlflow_folder),
         "model=seed_cnn",
-        f"study.pruner={pruner}",
-        "study.n_startup_trials=2",
-        "study.n_warmup_steps=0",
+        *([] if pruner is None else [f"study.pruner={pruner}"]),
         f"study.n_trials={settings['n_trials']}",
         "study.seed=0",
         "train.seed=0",
@@ -50,7 +64,7 @@ def _run_study(context: common.Context, pruner: str, settings: dict) -> common.C
     for key in ("train_subset", "val_subset"):
         if settings[key] is not None:
             overrides.append(f"data.{key}={settings[key]}")
-    context.log(f"pruning: study with pruner {pruner}")
+    context.log(f"pruning: study with pruner {pruner or default_pruner()}")
     return common.run_python(["-m", "benchmarks.studyrun", "--overrides", json.dumps(overrides)], folder, "study")
 
 
@@ -89,7 +103,7 @@ def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_war
 
 
 def replay_figures(curves: list[list[float]], unpruned_epochs: int, unpruned_best: float, epochs: int, status: str) -> list[common.Figure]:
-    """Replay the median pruner over a grid of settings, and successive halving, on fixed curves."""
+    """Replay the median and percentile pruners over a grid of settings, and successive halving, on fixed curves."""
     import optuna
 
     settings = [
@@ -97,6 +111,12 @@ def replay_figures(curves: list[list[float]], unpruned_epochs: int, unpruned_bes
         for startup in REPLAY_STARTUP_TRIALS
         for warmup in REPLAY_WARMUP_STEPS
         if warmup < epochs
+    ]
+    settings += [
+        (f"percentile {percentile:g}, n_startup_trials={startup}, n_warmup_steps=0",
+         optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup, n_warmup_steps=0))
+        for percentile in REPLAY_PERCENTILES
+        for startup in (2, 5)
     ]
     settings += [
         (f"successive_halving, min_resource=1, reduction_factor={factor}", optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=factor))
@@ -133,7 +153,8 @@ def run(context: common.Context) -> list[common.Figure]:
     settings = sizes(context.quick)
     load_start = common.load_average()
     unpruned_child = _run_study(context, "none", settings)
-    pruned_child = _run_study(context, "median", settings)
+    pruned_child = _run_study(context, None, settings)
+    pruner_text = default_pruner()
     load = f"load average {load_start} at start, {common.load_average()} at end"
     unpruned, pruned = _summary(unpruned_child), _summary(pruned_child)
 
@@ -148,15 +169,14 @@ def run(context: common.Context) -> list[common.Figure]:
     figures = [
         common.Figure(
             NAME,
-            f"epochs trained: median pruner / no pruning (target <= {TARGET_EPOCH_SHARE:.2f})",
+            f"epochs trained: default pruner / no pruning (target <= {TARGET_EPOCH_SHARE:.2f})",
             f"{epoch_share:.2f}",
-            f"{pruned['epochs']} vs {unpruned['epochs']} epochs; median pruner with the defaults "
-            f"n_startup_trials=2, n_warmup_steps=0; {size_text}",
+            f"{pruned['epochs']} vs {unpruned['epochs']} epochs; default pruner {pruner_text}; {size_text}",
             status,
         ),
         common.Figure(
             NAME,
-            f"best val_accuracy: no pruning minus median pruner, points (target <= {TARGET_ACCURACY_POINTS})",
+            f"best val_accuracy: no pruning minus default pruner, points (target <= {TARGET_ACCURACY_POINTS})",
             f"{accuracy_gap:+.2f}",
             f"best {100 * unpruned['best']:.2f}% without pruning, {100 * pruned['best']:.2f}% with; "
             f"trial states without {unpruned['states']}, with {pruned['states']}",
@@ -164,7 +184,7 @@ def run(context: common.Context) -> list[common.Figure]:
         ),
         common.Figure(
             NAME,
-            "wall time: median pruner / no pruning",
+            "wall time: default pruner / no pruning",
             f"{pruned['wall_s'] / unpruned['wall_s']:.2f}",
             f"{pruned['wall_s']:.0f} s vs {unpruned['wall_s']:.0f} s, run one after the other; seconds per epoch "
             f"{pruned['wall_s'] / pruned['epochs']:.2f} with pruning vs {unpruned['wall_s'] / unpruned['epochs']:.2f} "

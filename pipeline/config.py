@@ -24,7 +24,7 @@ LAYER_TYPES = ("conv2d", "dense", "max_pool", "average_pool", "global_average_po
 KERNEL_LAYER_TYPES = ("conv2d", "dense")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 EXPORT_FORMATS = ("yaml", "json")
 PRUNABLE_VERDICTS = ("vanishing", "exploding", "dead")
 
@@ -80,7 +80,7 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 3
     seed: int = 0
-    shuffle_buffer: int = 10000
+    shuffle_buffer: int = 50000
     jit_compile: bool = False
     steps_per_execution: int = 1
     deterministic: bool = False
@@ -100,6 +100,7 @@ class StudyConfig:
     timeout: Optional[float] = None
     n_startup_trials: int = 2
     n_warmup_steps: int = 0
+    percentile: float = 50.0
     tpe_startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3
@@ -283,6 +284,12 @@ def _validate_study(study: StudyConfig) -> None:
         raise UserError(
             f"study.n_startup_trials and study.n_warmup_steps must be zero or more but got "
             f"{study.n_startup_trials!r} and {study.n_warmup_steps!r}."
+        )
+
+    if not 0.0 < study.percentile <= 100.0:
+        raise UserError(
+            f"study.percentile must be above 0 and at most 100 (the share of trials kept, in percent) "
+            f"but got {study.percentile!r}."
         )
 
     _check_positive("study.min_resource", study.min_resource)

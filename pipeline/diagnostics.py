@@ -158,13 +158,12 @@ def _forward_and_gradients(
     """Run the batch in inference mode and return each layer's output and kernel gradient norm."""
     probe = keras.Model(model.inputs[0], [layer.output for layer in layers] + [model.outputs[0]])
 
-    if keras.backend.backend() != "tensorflow":
-        # NOTE: gradients are implemented for the TensorFlow backend only. JAX and
-        # PyTorch would need a stateless_call through jax.grad or torch.autograd.
-        logger.warning(
-            "Gradient norms need the TensorFlow backend but Keras runs on %s, so they are NaN.",
-            keras.backend.backend(),
-        )
+    backend = keras.backend.backend()
+    if backend in ("jax", "torch"):
+        return _forward_and_gradients_stateless(probe, layers, x, y, backend)
+
+    if backend != "tensorflow":
+        logger.warning("Gradient norms are not implemented for the Keras backend %s, so they are NaN.", backend)
         outputs = probe(x, training=False)
         return [keras.ops.convert_to_numpy(out) for out in outputs[:-1]], [math.nan] * len(layers)
 
@@ -181,6 +180,36 @@ def _forward_and_gradients(
     gradients = tape.gradient(loss, kernels)
     norms = [0.0 if grad is None else float(tf.norm(grad)) for grad in gradients]
     return [keras.ops.convert_to_numpy(out) for out in outputs[:-1]], norms
+
+
+def _forward_and_gradients_stateless(
+    probe: keras.Model, layers: list[keras.layers.Layer], x: np.ndarray, y: np.ndarray, backend: str
+) -> tuple[list[np.ndarray], list[float]]:
+    """Differentiate the loss with respect to the kernels on JAX or PyTorch.
+
+    The kernels enter as values in a ``keras.StatelessScope``, so the backend's own
+    autodiff sees them as inputs, frozen (non-trainable) kernels included.
+    """
+    variables = [layer.kernel for layer in layers]
+
+    def run(kernels: list) -> tuple[Any, list]:
+        with keras.StatelessScope(state_mapping=list(zip(variables, kernels))):
+            outputs = probe(x, training=False)
+            loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, outputs[-1]))
+        return loss, outputs[:-1]
+
+    if backend == "jax":
+        import jax
+
+        gradients, hidden = jax.grad(run, has_aux=True)([variable.value for variable in variables])
+    else:
+        import torch
+
+        kernels = [variable.value.detach().clone().requires_grad_(True) for variable in variables]
+        loss, hidden = run(kernels)
+        gradients = torch.autograd.grad(loss, kernels)
+    norms = [float(np.linalg.norm(keras.ops.convert_to_numpy(gradient))) for gradient in gradients]
+    return [keras.ops.convert_to_numpy(out) for out in hidden], norms
 
 
 def _dead_fraction(output: np.ndarray) -> float:

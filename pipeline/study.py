@@ -120,6 +120,10 @@ def create_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(
             n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps
         )
+    if config.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(
+            config.percentile, n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps
+        )
     if config.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=config.min_resource, reduction_factor=config.reduction_factor
@@ -132,7 +136,7 @@ def create_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
 
     raise UserError(
-        f"study.pruner must be median, successive_halving, hyperband or none but got {config.pruner!r}."
+        f"study.pruner must be median, percentile, successive_halving, hyperband or none but got {config.pruner!r}."
     )
 
 

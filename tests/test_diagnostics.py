@@ -286,3 +286,54 @@ def test_rejects_bad_batch(x_shape, y, message):
 
     with pytest.raises(UserError, match=message):
         measure_signal(_plain_cnn("he_normal"), x, y, KERNEL_NAMES)
+
+
+_BACKEND_PROBE = """
+import json, sys
+import keras, numpy as np
+from pipeline.diagnostics import measure_signal
+
+weights, out = sys.argv[1], sys.argv[2]
+keras.utils.set_random_seed(0)
+inputs = keras.Input((12, 12, 3))
+hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+hidden = keras.layers.GlobalAveragePooling2D()(hidden)
+outputs = keras.layers.Dense(10, activation="softmax", name="output")(hidden)
+model = keras.Model(inputs, outputs)
+model.get_layer("conv").trainable = False
+if keras.backend.backend() == "tensorflow":
+    model.save_weights(weights)
+else:
+    model.load_weights(weights)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 12, 12, 3)).astype("float32")
+y = np.arange(16) % 10
+report = measure_signal(model, x, y, ["conv", "output"])
+json.dump([[layer.activation_std, layer.gradient_norm] for layer in report.layers], open(out, "w"))
+"""
+
+
+def _probe_on_backend(backend: str, folder) -> list:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    result = folder / f"{backend}.json"
+    environment = {**os.environ, "KERAS_BACKEND": backend}
+    completed = subprocess.run(
+        [sys.executable, "-c", _BACKEND_PROBE, str(folder / "probe.weights.h5"), str(result)],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(result.read_text())
+
+
+def test_measure_signal_jax_matches_tensorflow(tmp_path):
+    pytest.importorskip("jax", reason="the JAX backend needs jax; pip install -e '.[test]' brings it")
+
+    tensorflow_values = _probe_on_backend("tensorflow", tmp_path)
+    jax_values = _probe_on_backend("jax", tmp_path)
+
+    assert all(math.isfinite(gradient) and gradient > 0 for _, gradient in jax_values)
+    np.testing.assert_allclose(jax_values, tensorflow_values, rtol=1e-3)

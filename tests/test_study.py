@@ -88,6 +88,23 @@ def test_create_pruner_types(name, expected):
     assert isinstance(create_pruner(study_config(pruner=name)), expected)
 
 
+@pytest.mark.parametrize(("pruner", "percentile", "pruned"), [("median", 50.0, False), ("percentile", 25.0, True)])
+def test_create_pruner_percentile_keeps_top_share(pruner, percentile, pruned):
+    study = optuna.create_study(
+        direction="maximize", pruner=create_pruner(study_config(pruner=pruner, percentile=percentile, n_startup_trials=4))
+    )
+    for value in (0.1, 0.2, 0.3, 0.4):
+        trial = study.ask()
+        trial.report(value, 0)
+        study.tell(trial, value)
+
+    trial = study.ask()
+    trial.report(0.3, 0)
+
+    # Median of the four values: 0.25. Their 75th percentile, the bar for the top 25%: 0.325.
+    assert bool(trial.should_prune()) is pruned
+
+
 def test_create_sampler_seed_offset_changes_draws():
     draws = []
     for offset in (0, 0, 5):
