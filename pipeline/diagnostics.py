@@ -188,7 +188,7 @@ def _forward_and_gradients_stateless(
     """Differentiate the loss with respect to the kernels on JAX or PyTorch.
 
     The kernels enter as values in a ``keras.StatelessScope``, so the backend's own
-    autodiff sees them as inputs, frozen (non-trainable) kernels included.
+    autodiff treats them as inputs, frozen (non-trainable) kernels included.
     """
     variables = [layer.kernel for layer in layers]
 
