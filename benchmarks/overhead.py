@@ -5,8 +5,9 @@ The pipeline child runs a two-trial study in one process, with Optuna (SQLite), 
 check on, and times each part with ``instrument.Stopwatch``. The two trials are
 enqueued with fixed initializers (he_normal, then glorot_uniform) so that neither can
 fail or be pruned. The reference is ``benchmarks.plain`` with two fits in one process
-on the same arrays. The children run as plain, pipeline, plain, so the two plain runs
-bracket the pipeline run and their difference shows the drift of the machine's speed.
+on the same arrays, passed to ``fit`` as NumPy arrays, as a hand-written script does.
+The children run as plain, pipeline, plain, pipeline, plain, so plain runs bracket
+each pipeline run and their spread shows the drift of the machine's speed.
 
 Child: ``python -m benchmarks.overhead --data PATH --cache-dir DIR --folder DIR --mlflow-folder DIR
 --epochs N --batch-size N --result out.json``.
@@ -199,15 +200,18 @@ def _plain_fit(plain_runs: list[common.ChildRun], index: int) -> list[float]:
     return [run.result["fits"][index]["total_s"] for run in plain_runs]
 
 
-def _trial_figures(pipeline: dict, plain_runs: list[common.ChildRun], status: str, load: str) -> list[common.Figure]:
+def _trial_figures(pipelines: list[dict], plain_runs: list[common.ChildRun], status: str, load: str) -> list[common.Figure]:
+    """Compare each trial, averaged over the pipeline runs, with the same fit of the plain runs."""
     figures = []
+    pipeline = pipelines[0]
     for index in range(TRIALS):
         segment = f"trial-{index}"
-        trial_s = _segment_seconds(pipeline, segment, "optimize")
+        trials = [_segment_seconds(run, segment, "optimize") for run in pipelines]
+        trial_s = common.mean(trials)
         plain = _plain_fit(plain_runs, index)
         reference = common.mean(plain)
-        first_epoch = pipeline["fits"][index][0]["total_s"]
-        later = _later_epochs(pipeline["fits"][index])
+        first_epoch = common.mean([run["fits"][index][0]["total_s"] for run in pipelines])
+        later = [seconds for run in pipelines for seconds in _later_epochs(run["fits"][index])]
         plain_first = common.mean([run.result["fits"][index]["epochs"][0]["total_s"] for run in plain_runs])
         plain_later = common.mean([common.mean(_later_epochs(run.result["fits"][index]["epochs"])) for run in plain_runs])
         figures.append(
@@ -215,8 +219,8 @@ def _trial_figures(pipeline: dict, plain_runs: list[common.ChildRun], status: st
                 NAME,
                 f"trial {index} / plain fit {index} (wall time ratio, target <= 1.03)",
                 f"{trial_s / reference:.3f}",
-                f"pipeline trial {trial_s:.1f} s (Study.optimize call) vs plain build+compile+fit {reference:.1f} s "
-                f"({common.format_spread(plain)}); load average {load}",
+                f"pipeline trial {trial_s:.1f} s (Study.optimize call, {common.format_spread(trials)}) vs plain "
+                f"build+compile+fit {reference:.1f} s ({common.format_spread(plain)}); load average {load}",
                 status,
             )
         )
@@ -350,7 +354,7 @@ def _run_figures(pipeline: dict, plain_runs: list[common.ChildRun], status: str)
 def run(context: common.Context) -> list[common.Figure]:
     common.prepare_shared_state(context)
     settings = sizes(context.quick)
-    sequence = ("plain", "pipeline") if context.quick else ("plain", "pipeline", "plain")
+    sequence = ("plain", "pipeline") if context.quick else ("plain", "pipeline", "plain", "pipeline", "plain")
     plain_runs: list[common.ChildRun] = []
     pipeline_runs: list[common.ChildRun] = []
     load_start = common.load_average()
@@ -361,6 +365,7 @@ def run(context: common.Context) -> list[common.Figure]:
             args = [
                 "-m", "benchmarks.plain", "--data", context.data_path, "--cache-dir", str(context.cache_dir),
                 "--epochs", str(settings["epochs"]), "--batch-size", str(settings["batch_size"]), "--fits", str(TRIALS),
+                "--input", "numpy",
             ]
             plain_runs.append(common.run_python(args, folder, "plain"))
         else:
@@ -371,13 +376,14 @@ def run(context: common.Context) -> list[common.Figure]:
             pipeline_runs.append(common.run_python(args, folder, "pipeline"))
     load = f"{load_start} at start, {common.load_average()} at end"
 
+    for child in pipeline_runs:
+        states = [trial["state"] for trial in child.result["trials"]]
+        if child.result["exit_code"] != 0 or states != ["COMPLETE"] * TRIALS:
+            raise RuntimeError(f"the pipeline child ended with exit code {child.result['exit_code']} and trial states {states}")
     pipeline = pipeline_runs[0].result
-    states = [trial["state"] for trial in pipeline["trials"]]
-    if pipeline["exit_code"] != 0 or states != ["COMPLETE"] * TRIALS:
-        raise RuntimeError(f"the pipeline child ended with exit code {pipeline['exit_code']} and trial states {states}")
 
     images = plain_runs[0].result["train_images"]
-    figures = _trial_figures(pipeline, plain_runs, context.status, load)
+    figures = _trial_figures([child.result for child in pipeline_runs], plain_runs, context.status, load)
     figures.append(_own_work_figure(pipeline, context.status))
     figures += _run_figures(pipeline, plain_runs, context.status)
     figures += _breakdown_figures(pipeline, context.status)

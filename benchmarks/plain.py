@@ -2,9 +2,10 @@
 
 It trains on the same normalized arrays as the pipeline (``pipeline.data.load_dataset``
 with the same data settings). The optimizer (Adam, learning rate 1e-3), loss, batch
-size and epochs are the same. So is the input pipeline, as in ``pipeline.training``:
-``tf.data`` with the same shuffle buffer on TensorFlow, NumPy arrays with
-``shuffle=True`` on other backends. Nothing else of the pipeline runs: no Optuna, MLflow, Hydra, signal check or
+size and epochs are the same. ``--input numpy`` passes NumPy arrays to ``fit``, as a
+hand-written script does. ``--input auto`` uses the pipeline's own input pipeline
+(``pipeline.training``: tf.data batches gathered by index on TensorFlow, NumPy arrays
+elsewhere). Nothing else of the pipeline runs: no Optuna, MLflow, Hydra, signal check or
 model cache. Each fit builds and compiles a new model, as a script looping over
 settings would.
 
@@ -54,7 +55,7 @@ BUILDERS = {"seed_cnn": build_seed_cnn, "plain_deep": build_plain_deep}
 
 
 def fit_inputs(data: Any, batch_size: int, shuffle_buffer: int, seed: int, use_tf_data: bool) -> dict[str, Any]:
-    """Return the ``fit`` keyword arguments: tf.data like the pipeline on TensorFlow, or NumPy arrays."""
+    """Return the ``fit`` keyword arguments: the pipeline's input on TensorFlow, or NumPy arrays."""
     if not use_tf_data:
         return {
             "x": data.x_train,
@@ -64,16 +65,9 @@ def fit_inputs(data: Any, batch_size: int, shuffle_buffer: int, seed: int, use_t
             "validation_data": (data.x_val, data.y_val),
         }
 
-    import tensorflow as tf
+    from pipeline.training import _fit_inputs
 
-    train = (
-        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-        .shuffle(min(shuffle_buffer, len(data.x_train)), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    validation = tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return {"x": train, "validation_data": validation}
+    return _fit_inputs(data.x_train, data.y_train, data.x_val, data.y_val, batch_size, shuffle_buffer, seed)
 
 
 def fit_once(keras: Any, data: Any, options: Any, seed: int, extra_callbacks: list) -> dict[str, Any]:
@@ -115,10 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--shuffle-buffer", type=int, default=10000, help="images")
+    parser.add_argument("--shuffle-buffer", type=int, default=50000, help="images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fits", type=int, default=1, help="models to build and train one after the other")
-    parser.add_argument("--input", choices=("auto", "numpy"), default="auto", help="auto: tf.data on TensorFlow, NumPy elsewhere")
+    parser.add_argument("--input", choices=("auto", "numpy"), default="auto", help="auto: the pipeline's tf.data input on TensorFlow, NumPy elsewhere; numpy: arrays as a plain script passes them")
     parser.add_argument("--jit-compile", action="store_true", help="XLA compilation of the train step")
     parser.add_argument("--exit-after-first-step", action="store_true", help="record the launch-to-first-step time and exit")
     options = parser.parse_args(argv)

@@ -33,7 +33,7 @@ REPLAY_PERCENTILES = (20.0, 25.0, 33.0, 40.0)
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {"train_subset": None, "val_subset": None, "epochs": 2, "n_trials": 3, "batch_size": 32}
-    return {"train_subset": 3000, "val_subset": 1000, "epochs": 4, "n_trials": 30, "batch_size": 128}
+    return {"train_subset": 5000, "val_subset": 2000, "epochs": 10, "n_trials": 30, "batch_size": 128}
 
 
 def default_pruner() -> str:
