@@ -43,7 +43,7 @@ def study_folder(tmp_path_factory, colour_tree):
     overrides = [
         f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.batch_size=16",
         "train.epochs=2", "train.progress=false", f"study.name={STUDY}", f"space={space}",
-        "train.learning_rate=3e-4", "study.pruner=median", "study.n_startup_trials=2", "study.n_trials=5",
+        "train.learning_rate=3e-4", "study.pruner=median", "study.n_startup_trials=2", "study.n_warmup_steps=0", "study.n_trials=5",
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)

@@ -61,6 +61,7 @@ def check_three_trial_study(workdir, data_overrides: list[str], epochs: int) -> 
         "study.name=e2e",
         "study.n_trials=3",
         "study.n_startup_trials=2",
+        "study.n_warmup_steps=0",
         f"train.epochs={epochs}",
         "train.progress=false",
     ]
