@@ -60,7 +60,6 @@ def sizes(quick: bool) -> dict[str, Any]:
 
 def _instrument(stopwatch: Stopwatch, epoch_timers: list) -> None:
     import optuna
-    from optuna_integration import KerasPruningCallback
 
     from pipeline import diagnostics, objective, reports, search, study, tracking, training, workers
 
@@ -79,7 +78,7 @@ def _instrument(stopwatch: Stopwatch, epoch_timers: list) -> None:
     stopwatch.wrap(training, "_compile_or_reset", "fit.compile_or_reset")
     stopwatch.wrap(training, "release_memory", "release_memory")
     stopwatch.wrap(objective.EpochRecorder, "on_epoch_end", "callback.epoch_recorder")
-    stopwatch.wrap(KerasPruningCallback, "on_epoch_end", "callback.pruning")
+    stopwatch.wrap(objective.PruneBeforeLastEpoch, "on_epoch_end", "callback.pruning")
     stopwatch.wrap(training.StopOnNonFiniteLoss, "on_epoch_end", "callback.non_finite")
     prepend_fit_callback(training, make_epoch_timer, epoch_timers.append)
     stopwatch.wrap(training, "fit", "fit")
@@ -203,7 +202,6 @@ def _plain_fit(plain_runs: list[common.ChildRun], index: int) -> list[float]:
 def _trial_figures(pipelines: list[dict], plain_runs: list[common.ChildRun], status: str, load: str) -> list[common.Figure]:
     """Compare each trial, averaged over the pipeline runs, with the same fit of the plain runs."""
     figures = []
-    pipeline = pipelines[0]
     for index in range(TRIALS):
         segment = f"trial-{index}"
         trials = [_segment_seconds(run, segment, "optimize") for run in pipelines]

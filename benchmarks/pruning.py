@@ -71,8 +71,8 @@ def _run_study(context: common.Context, pruner: str | None, settings: dict) -> c
 def replay_pruner(curves: list[list[float]], pruner: Any) -> dict[str, Any]:
     """Replay learning curves through ``pruner``; return epochs trained and the best kept value.
 
-    Like ``KerasPruningCallback``, the replay reports after every epoch and checks for a
-    prune after each report, the last epoch included.
+    Like the pipeline's pruning callback, the replay reports after every epoch and checks
+    for a prune after each report except the last.
     """
     import optuna
 
@@ -86,7 +86,7 @@ def replay_pruner(curves: list[list[float]], pruner: Any) -> dict[str, Any]:
         for step, value in enumerate(curve):
             trial.report(value, step)
             epochs += 1
-            if trial.should_prune():
+            if step < len(curve) - 1 and trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 pruned = True
                 break

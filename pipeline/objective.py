@@ -63,6 +63,29 @@ class EpochRecorder(keras.callbacks.Callback):
             )
 
 
+class PruneBeforeLastEpoch(keras.callbacks.Callback):
+    """Optuna's Keras pruning callback, except that the last epoch is reported but never pruned.
+
+    Pruning after the last epoch saves no training and drops a finished trial's value.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str, epochs: int) -> None:
+        super().__init__()
+        self._pruning = KerasPruningCallback(trial, monitor)
+        self._trial = trial
+        self._monitor = monitor
+        self._epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 < self._epochs:
+            self._pruning.on_epoch_end(epoch, logs)
+            return
+
+        value = (logs or {}).get(self._monitor)
+        if value is not None:
+            self._trial.report(float(value), step=epoch)
+
+
 def fixed_params(config: SearchConfig, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     """Return the hyperparameters a trial did not search, as MLflow params."""
     train = plain_dict(config.train)
@@ -193,7 +216,7 @@ class Objective:
             custom_initializers.apply_lsuv(model, self.dataset.x_train[: self.config.diagnostics.batch_size])
         if self.config.diagnostics.enabled:
             self._check_signal(trial, model, recorder.run_id)
-        callbacks = [recorder, training.StopOnNonFiniteLoss(), KerasPruningCallback(trial, MONITOR)]
+        callbacks = [recorder, training.StopOnNonFiniteLoss(), PruneBeforeLastEpoch(trial, MONITOR, self.config.train.epochs)]
         history = training.fit(
             model,
             self.dataset,

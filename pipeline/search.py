@@ -45,6 +45,13 @@ def _prepare(config: SearchConfig) -> tuple:
     from pipeline.data import load_dataset
 
     validate(config)
+    # The last epoch is never pruned, so pruning needs a checked epoch before it.
+    if config.study.pruner in ("median", "percentile") and config.study.n_warmup_steps >= config.train.epochs - 1:
+        logger.warning(
+            "study.n_warmup_steps=%d with train.epochs=%d leaves no epoch at which a trial can be pruned, "
+            "so every trial trains all epochs; lower study.n_warmup_steps or raise train.epochs to prune.",
+            config.study.n_warmup_steps, config.train.epochs,
+        )
     storage_url = study_module.resolve_storage_url(config.study.storage)
     study_module.check_storage_url(storage_url)
     tracking.check_uri(tracking.resolve_uri(config.tracking.uri))

@@ -106,6 +106,14 @@ def test_replay_warmup_delays_pruning():
     assert replay["epochs"] == 6
 
 
+def test_replay_keeps_last_epoch():
+    curves = [[0.5, 0.6], [0.5, 0.6], [0.1, 0.9]]
+
+    replay = pruning.replay_median_pruner(curves, n_startup_trials=2, n_warmup_steps=1)
+
+    assert replay["best"] == pytest.approx(0.9)
+
+
 def test_memory_slope_of_line():
     assert memory.slope([10.0, 12.0, 14.0, 16.0]) == pytest.approx(2.0)
     assert memory.slope([5.0, 5.0, 5.0]) == pytest.approx(0.0)
