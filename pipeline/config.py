@@ -98,8 +98,8 @@ class StudyConfig:
     seed: int = 0
     n_trials: Optional[int] = 20
     timeout: Optional[float] = None
-    n_startup_trials: int = 2
-    n_warmup_steps: int = 1
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
     percentile: float = 50.0
     tpe_startup_trials: int = 10
     min_resource: int = 1

@@ -351,7 +351,7 @@ def test_search_runs_on_jax_backend(tmp_path, colour_tree):
 @pytest.mark.parametrize(("epochs", "warned"), [(2, True), (3, False)])
 def test_search_warns_when_no_epoch_prunable(workdir, colour_tree, caplog, epochs, warned):
     overrides = [f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.batch_size=16",
-                 f"train.epochs={epochs}", "train.progress=false", "study.name=warmup", "study.n_trials=1",
+                 f"train.epochs={epochs}", "train.progress=false", "study.name=warmup", "study.n_trials=1", "study.n_warmup_steps=1",
                  "diagnostics.enabled=false"]
 
     with caplog.at_level("WARNING", logger="pipeline.search"):
