@@ -402,7 +402,10 @@ def run(context: common.Context) -> list[common.Figure]:
     for child in pipeline_runs:
         states = [trial["state"] for trial in child.result["trials"]]
         if child.result["exit_code"] != 0 or states != ["COMPLETE"] * TRIALS:
-            raise RuntimeError(f"the pipeline child ended with exit code {child.result['exit_code']} and trial states {states}")
+            raise RuntimeError(
+                f"the pipeline child failed: exit code {child.result['exit_code']} and trial states {states}, "
+                f"expected 0 and {TRIALS} COMPLETE trials; see the log {child.log_path}"
+            )
     pipeline = pipeline_runs[0].result
 
     images = plain_runs[0].result["train_images"]

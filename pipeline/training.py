@@ -100,9 +100,9 @@ def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, buffer: int, seed: i
 
     Shuffling the indices, not the images, keeps the shuffle buffer small in memory, so
     a buffer of the whole training set costs 8 bytes per image. tf.data's autotuning
-    is off: with it, TensorFlow 2.21 on a 2-core CPU took 8 to 9 s more per ``fit`` (after
-    the last epoch) and sometimes slowed an epoch by half. A fixed prefetch of two
-    batches kept every epoch as fast as the first (measured with seed_cnn on 45,000 images).
+    is off. With it, some fits on TensorFlow 2.21 and a 2-core CPU spent 8 to 10 s more
+    after the last epoch, or took up to twice as long for one epoch. A fixed prefetch of
+    two batches kept every epoch as fast as the first (seed_cnn on 45,000 images).
     """
     import tensorflow as tf
 

@@ -29,7 +29,7 @@ def epoch_labels(dataset) -> list[int]:
     return labels
 
 
-def test_batches_cover_every_image_once_per_epoch():
+def test_batches_cover_each_image_once():
     x, y = numbered_images(IMAGES)
     dataset = _batches(x, y, batch_size=8, buffer=IMAGES, seed=3, shuffle=True)
 
