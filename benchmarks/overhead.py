@@ -191,6 +191,17 @@ def _epochs_seconds(epochs: list[dict]) -> float:
     return sum(epoch["total_s"] for epoch in epochs)
 
 
+def _fit_outside_epochs(result: dict, index: int) -> float:
+    """Return trial ``index``'s ``fit`` time outside its epochs, compile and callbacks excluded."""
+    segment = f"trial-{index}"
+    return (
+        _segment_seconds(result, segment, "fit")
+        - _epochs_seconds(result["fits"][index])
+        - _segment_seconds(result, segment, "fit.compile_or_reset")
+        - sum(_segment_seconds(result, segment, label) for label in CALLBACK_LABELS)
+    )
+
+
 def _later_epochs(epochs: list[dict]) -> list[float]:
     return [epoch["total_s"] for epoch in epochs[1:]]
 
@@ -241,14 +252,7 @@ def _outside_epochs_figure(pipelines: list[dict], plain_runs: list[common.ChildR
     plain = [
         fit["fit_s"] - _epochs_seconds(fit["epochs"]) for run in plain_runs for fit in run.result["fits"]
     ]
-    pipeline = [
-        _segment_seconds(run, f"trial-{index}", "fit")
-        - _epochs_seconds(run["fits"][index])
-        - _segment_seconds(run, f"trial-{index}", "fit.compile_or_reset")
-        - sum(_segment_seconds(run, f"trial-{index}", label) for label in CALLBACK_LABELS)
-        for run in pipelines
-        for index in range(TRIALS)
-    ]
+    pipeline = [_fit_outside_epochs(run, index) for run in pipelines for index in range(TRIALS)]
     return common.Figure(
         NAME,
         "time in fit outside its epochs, per fit: plain script with NumPy input / pipeline",
@@ -288,13 +292,7 @@ def _breakdown_figures(pipeline: dict, status: str) -> list[common.Figure]:
 
     epochs = [_epochs_seconds(pipeline["fits"][i]) for i in range(TRIALS)]
     rows.append(row("EpochTimer", "training epochs (train plus validation)", epochs))
-    fit_rest = [
-        _segment_seconds(pipeline, f"trial-{i}", "fit")
-        - epochs[i]
-        - _segment_seconds(pipeline, f"trial-{i}", "fit.compile_or_reset")
-        - sum(_segment_seconds(pipeline, f"trial-{i}", label) for label in CALLBACK_LABELS)
-        for i in range(TRIALS)
-    ]
+    fit_rest = [_fit_outside_epochs(pipeline, i) for i in range(TRIALS)]
     rows.append(row("fit - parts", "Keras fit set-up and tf.data outside epochs", fit_rest))
     bookkeeping = [
         _segment_seconds(pipeline, f"trial-{i}", "optimize") - _segment_seconds(pipeline, f"trial-{i}", "objective")
