@@ -19,6 +19,7 @@ from optuna_integration import KerasPruningCallback
 from pipeline import diagnostics, training
 from pipeline import initializers as custom_initializers
 from pipeline.config import SearchConfig, plain_dict
+from pipeline.interrupts import StopSignals
 from pipeline.model import kernel_layers
 from pipeline.space import SearchSpace, suggest
 from pipeline.tracking import Tracker
@@ -86,6 +87,29 @@ class PruneBeforeLastEpoch(keras.callbacks.Callback):
             self._trial.report(float(value), step=epoch)
 
 
+class InterruptibleEpochs(keras.callbacks.Callback):
+    """Lets a stop signal end training at once inside an epoch, and at its edges otherwise.
+
+    It must come first among the callbacks, so that the epoch's end is marked before
+    the other callbacks write to Optuna and MLflow.
+    """
+
+    def __init__(self, signals: StopSignals) -> None:
+        super().__init__()
+        self._signals = signals
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._signals.raise_pending()
+        self._signals.interruptible = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._signals.interruptible = False
+        self._signals.raise_pending()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._signals.interruptible = False
+
+
 def fixed_params(config: SearchConfig, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     """Return the hyperparameters a trial did not search, as MLflow params."""
     train = plain_dict(config.train)
@@ -116,8 +140,10 @@ class Objective:
         tracker: Tracker,
         parent_run_id: str,
         on_trial_start: Callable[[], None] | None = None,
+        signals: StopSignals | None = None,
     ) -> None:
         self.on_trial_start = on_trial_start
+        self.signals = signals
         self.models = training.ModelCache()
         self.config = config
         self.dataset = dataset
@@ -217,6 +243,8 @@ class Objective:
         if self.config.diagnostics.enabled:
             self._check_signal(trial, model, recorder.run_id)
         callbacks = [recorder, training.StopOnNonFiniteLoss(), PruneBeforeLastEpoch(trial, MONITOR, self.config.train.epochs)]
+        if self.signals is not None:
+            callbacks.insert(0, InterruptibleEpochs(self.signals))
         history = training.fit(
             model,
             self.dataset,

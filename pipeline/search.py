@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -30,6 +29,7 @@ from pipeline.config import (  # noqa: E402
     validate,
 )
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.interrupts import Interrupted, StopSignals  # noqa: E402
 
 logger = logging.getLogger("pipeline.search")
 
@@ -111,18 +111,6 @@ def _summary(study: optuna.Study) -> tuple[dict, dict]:
     return metrics, tags
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM, raised in the main thread so the running trial ends cleanly."""
-
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(signal.Signals(signal_number).name)
-        self.signal_number = signal_number
-
-
-def _raise_interrupted(signal_number: int, frame: object) -> None:
-    raise Interrupted(signal_number)
-
-
 def _budget_spent(config: SearchConfig, study: optuna.Study, deadline: float | None) -> bool:
     from pipeline.workers import used_budget
 
@@ -139,12 +127,13 @@ def _budget_spent(config: SearchConfig, study: optuna.Study, deadline: float | N
     return config.study.n_trials is not None and used_budget(study) >= config.study.n_trials
 
 
-def _optimize(config: SearchConfig, study: optuna.Study, objective, gate, recover) -> None:
-    """Run trials one at a time until the budget or the timeout is spent."""
+def _optimize(config: SearchConfig, study: optuna.Study, objective, gate, recover, signals: StopSignals) -> None:
+    """Run trials one at a time until the budget or the timeout is spent, or until a stop signal arrives."""
     from pipeline.objective import TrialFailed
 
     deadline = None if config.study.timeout is None else time.monotonic() + config.study.timeout
     while True:
+        signals.raise_pending()
         gate.acquire()
         try:
             recover()
@@ -192,20 +181,21 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
         "unlimited" if config.study.n_trials is None else config.study.n_trials, parent_id,
     )
 
-    objective = Objective(config, dataset, space, tracker, parent_id, on_trial_start=gate.release)
-    previous = {number: signal.signal(number, _raise_interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
+    signals = StopSignals()
+    objective = Objective(config, dataset, space, tracker, parent_id, on_trial_start=gate.release, signals=signals)
+    signals.install()
     status = "FINISHED"
     exit_code = 0
     started = time.monotonic()
     try:
-        _optimize(config, study, objective, gate, lambda: workers.recover_dead_workers(study, retry, close_run))
+        _optimize(config, study, objective, gate, lambda: workers.recover_dead_workers(study, retry, close_run), signals)
+        signals.raise_pending()
     except Interrupted as interruption:
         status = "KILLED"
         exit_code = 128 + interruption.signal_number
-        logger.warning("stopped by %s; the running trial is recorded as FAIL in Optuna and MLflow", interruption)
+        logger.warning("stopped by %s; a trial that was running is recorded as FAIL in Optuna and MLflow", interruption)
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        signals.restore()
         metrics, tags = _summary(study)
         metrics["run_wall_time_s"] = time.monotonic() - started
         tracker.end_parent(parent_id, metrics, tags, status)

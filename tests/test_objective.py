@@ -1,11 +1,14 @@
-"""Tests for the trial objective's pruning callback."""
+"""Tests for the trial objective's callbacks: pruning and stop signals."""
 
 from __future__ import annotations
+
+import signal
 
 import optuna
 import pytest
 
-from pipeline.objective import PruneBeforeLastEpoch
+from pipeline.interrupts import Interrupted, StopSignals
+from pipeline.objective import InterruptibleEpochs, PruneBeforeLastEpoch
 
 
 def study_with_finished_trials(values: list[float]) -> optuna.Study:
@@ -34,3 +37,18 @@ def test_pruning_callback_keeps_last_epoch():
     callback.on_epoch_end(0, {"val_accuracy": 0.1})
 
     assert study.trials[-1].intermediate_values == {0: 0.1}
+
+
+def test_interruptible_epochs_raise_pending_signal_at_epoch_start():
+    signals = StopSignals()
+    callback = InterruptibleEpochs(signals)
+    callback.on_epoch_begin(0)
+    assert signals.interruptible
+    callback.on_epoch_end(0)
+    assert not signals.interruptible
+    signals.pending = signal.SIGTERM
+
+    with pytest.raises(Interrupted):
+        callback.on_epoch_begin(1)
+
+    assert not signals.interruptible
