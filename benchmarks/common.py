@@ -59,6 +59,7 @@ class Context:
     data_label: str
     work_dir: Path
     log: Callable[[str], None] = print
+    artifact_dir: Path | None = None
     _folders: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -77,6 +78,13 @@ class Context:
     def mlflow_folder(self) -> Path:
         """Folder of the MLflow store that every study of a run shares; see ``ensure_mlflow_store``."""
         return self.work_dir / "mlflow"
+
+    def save_artifact(self, name: str, content: Any) -> Path:
+        """Write ``content`` as JSON to ``artifact_dir`` (the work dir if unset) and return its path."""
+        path = (self.artifact_dir or self.work_dir) / name
+        path.write_text(json.dumps(content, indent=1) + "\n")
+        self.log(f"saved {path}")
+        return path
 
     @property
     def status(self) -> str:

@@ -1,7 +1,7 @@
-"""Pruning pays: the same study with the default pruner and without pruning.
+"""Pruning pays: the same study with the default pruner and without pruning, for several seeds.
 
-Both studies use the random sampler with the same seed (``study.seed``), trial seeds
-(``train.seed``), data subset and epochs, each in its own fresh process
+For each seed, both studies use the random sampler with the same seed (``study.seed``),
+trial seeds (``train.seed``), data subset and epochs, each in its own fresh process
 (``benchmarks.studyrun``), the unpruned one first. The random sampler draws the same
 initializers in both studies whatever the results, so the two studies train the same
 trials and differ only by pruning. (TPE learns from pruned trials, so with TPE the
@@ -13,30 +13,41 @@ figures describe the shipped defaults. The replay then applies Optuna's median a
 percentile pruners with other settings, and successive halving, to the unpruned study's
 learning curves, in trial order. It reports the epochs each setting would have trained
 and whether it would have kept the best trial. The replay keeps the sampled trials
-fixed, so it isolates the pruner from the sampler.
+fixed, so it isolates the pruner from the sampler. The unpruned curves are saved
+beside the results, and ``python -m benchmarks.pruning CURVES`` replays them again.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Any
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
 from benchmarks import common
 
 NAME = "pruning"
 TARGET_EPOCH_SHARE = 0.40
 TARGET_ACCURACY_POINTS = 0.5
-REPLAY_STARTUP_TRIALS = (1, 2, 5, 10)
-REPLAY_WARMUP_STEPS = (0, 1, 2)
+REPLAY_STARTUP_TRIALS = (2, 3, 4, 5, 10)
+REPLAY_WARMUP_STEPS = (0, 1)
+REPLAY_PERCENTILE_STARTUP_TRIALS = (3, 4, 5)
 REPLAY_REDUCTION_FACTORS = (2, 3)
-REPLAY_PERCENTILES = (20.0, 25.0, 33.0, 40.0)
+REPLAY_PERCENTILES = (25.0, 40.0)
 SAMPLER = "random"
+SEEDS = (0, 1, 2)
+# Trial seeds of one study are train.seed + trial number, so studies of neighbouring
+# seeds start this far apart and never share a trial seed.
+TRAIN_SEED_STRIDE = 1000
+CURVES_FILE = "pruning-curves.json"
 
 
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"train_subset": None, "val_subset": None, "epochs": 2, "n_trials": 3, "batch_size": 32}
-    return {"train_subset": 5000, "val_subset": 2000, "epochs": 10, "n_trials": 30, "batch_size": 128}
+        return {"train_subset": None, "val_subset": None, "epochs": 2, "n_trials": 3, "batch_size": 32, "seeds": (0,)}
+    return {"train_subset": 5000, "val_subset": 2000, "epochs": 10, "n_trials": 30, "batch_size": 128, "seeds": SEEDS}
 
 
 def default_pruner() -> str:
@@ -51,8 +62,8 @@ def default_pruner() -> str:
     return ", ".join([study.pruner, *(f"{key}={getattr(study, key)}" for key in keys)])
 
 
-def _run_study(context: common.Context, pruner: str | None, settings: dict) -> common.ChildRun:
-    name = "pruning-default" if pruner is None else f"pruning-{pruner}"
+def _run_study(context: common.Context, pruner: str | None, settings: dict, seed: int) -> common.ChildRun:
+    name = f"pruning-default-{seed}" if pruner is None else f"pruning-{pruner}-{seed}"
     folder = context.folder(name)
     overrides = [
         *common.study_overrides(context.data_path, context.cache_dir, folder, name, context.mlflow_folder),
@@ -60,15 +71,15 @@ def _run_study(context: common.Context, pruner: str | None, settings: dict) -> c
         *([] if pruner is None else [f"study.pruner={pruner}"]),
         f"study.n_trials={settings['n_trials']}",
         f"study.sampler={SAMPLER}",
-        "study.seed=0",
-        "train.seed=0",
+        f"study.seed={seed}",
+        f"train.seed={TRAIN_SEED_STRIDE * seed}",
         f"train.epochs={settings['epochs']}",
         f"train.batch_size={settings['batch_size']}",
     ]
     for key in ("train_subset", "val_subset"):
         if settings[key] is not None:
             overrides.append(f"data.{key}={settings[key]}")
-    context.log(f"pruning: study with pruner {pruner or default_pruner()}")
+    context.log(f"pruning: study with pruner {pruner or default_pruner()}, seed {seed}")
     return common.run_python(["-m", "benchmarks.studyrun", "--overrides", json.dumps(overrides)], folder, "study")
 
 
@@ -106,8 +117,8 @@ def replay_median_pruner(curves: list[list[float]], n_startup_trials: int, n_war
     return replay_pruner(curves, optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps))
 
 
-def replay_figures(curves: list[list[float]], unpruned_epochs: int, unpruned_best: float, epochs: int, status: str) -> list[common.Figure]:
-    """Replay the median and percentile pruners over a grid of settings, and successive halving, on fixed curves."""
+def replay_settings(epochs: int) -> list[tuple[str, Any]]:
+    """Return the pruners that the replay compares, each with its label."""
     import optuna
 
     settings = [
@@ -120,21 +131,38 @@ def replay_figures(curves: list[list[float]], unpruned_epochs: int, unpruned_bes
         (f"percentile {percentile:g}, n_startup_trials={startup}, n_warmup_steps=0",
          optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup, n_warmup_steps=0))
         for percentile in REPLAY_PERCENTILES
-        for startup in (2, 5)
+        for startup in REPLAY_PERCENTILE_STARTUP_TRIALS
     ]
     settings += [
         (f"successive_halving, min_resource=1, reduction_factor={factor}", optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=factor))
         for factor in REPLAY_REDUCTION_FACTORS
     ]
+    return settings
+
+
+def replay_figures(curve_sets: Sequence[list[list[float]]], epochs: int, status: str) -> list[common.Figure]:
+    """Replay each pruner setting on every seed's unpruned curves; one row per setting.
+
+    The value is the mean share of epochs over the seeds and the most best-accuracy
+    points lost on any seed.
+    """
     figures = []
-    for label, pruner in settings:
-        replay = replay_pruner(curves, pruner)
+    for label, _ in replay_settings(epochs):
+        shares, losses = [], []
+        for curves in curve_sets:
+            # A pruner keeps state between trials, so each curve set gets a new one.
+            pruner = dict(replay_settings(epochs))[label]
+            replay = replay_pruner(curves, pruner)
+            unpruned_epochs = sum(len(curve) for curve in curves)
+            shares.append(replay["epochs"] / unpruned_epochs)
+            losses.append(100 * (max(curve[-1] for curve in curves) - replay["best"]))
         figures.append(
             common.Figure(
                 NAME,
                 f"replay on the unpruned curves: {label}",
-                f"epochs {replay['epochs'] / unpruned_epochs:.2f}, best lost {100 * (unpruned_best - replay['best']):.2f} points",
-                f"{replay['epochs']} of {unpruned_epochs} epochs; best kept {100 * replay['best']:.2f}%",
+                f"epochs {statistics.mean(shares):.3f}, best lost at most {max(losses):.2f} points",
+                f"per seed: epochs {', '.join(f'{share:.3f}' for share in shares)}; "
+                f"best lost {', '.join(f'{loss:.2f}' for loss in losses)} points",
                 status,
             )
         )
@@ -152,51 +180,82 @@ def _summary(child: common.ChildRun) -> dict[str, Any]:
     }
 
 
+def _spread(values: Sequence[float], digits: int) -> str:
+    return f"mean {statistics.mean(values):.{digits}f}, range {min(values):.{digits}f} to {max(values):.{digits}f}"
+
+
 def run(context: common.Context) -> list[common.Figure]:
     common.prepare_shared_state(context)
     settings = sizes(context.quick)
     load_start = common.load_average()
-    unpruned_child = _run_study(context, "none", settings)
-    pruned_child = _run_study(context, None, settings)
+    unpruned, pruned, curve_sets = [], [], []
+    for seed in settings["seeds"]:
+        unpruned_child = _run_study(context, "none", settings, seed)
+        pruned_child = _run_study(context, None, settings, seed)
+        unpruned.append(_summary(unpruned_child))
+        pruned.append(_summary(pruned_child))
+        curve_sets.append([trial["intermediate_values"] for trial in unpruned_child.result["trials"] if trial["state"] == "COMPLETE"])
     pruner_text = default_pruner()
     load = f"load average {load_start} at start, {common.load_average()} at end"
-    unpruned, pruned = _summary(unpruned_child), _summary(pruned_child)
+    context.save_artifact(CURVES_FILE, {"settings": {**settings, "seeds": list(settings["seeds"])}, "curves": curve_sets})
 
-    epoch_share = pruned["epochs"] / unpruned["epochs"]
-    accuracy_gap = 100 * (unpruned["best"] - pruned["best"])
+    shares = [p["epochs"] / u["epochs"] for p, u in zip(pruned, unpruned)]
+    gaps = [100 * (u["best"] - p["best"]) for p, u in zip(pruned, unpruned)]
+    walls = [p["wall_s"] / u["wall_s"] for p, u in zip(pruned, unpruned)]
+    epochs_text = ", ".join(f"{p['epochs']} of {u['epochs']}" for p, u in zip(pruned, unpruned))
+    walls_text = ", ".join(f"{p['wall_s']:.0f} s vs {u['wall_s']:.0f} s" for p, u in zip(pruned, unpruned))
     status = context.status
+    seeds_text = ", ".join(str(seed) for seed in settings["seeds"])
     size_text = (
         f"{settings['n_trials']} trials of seed_cnn, {settings['epochs']} epochs, "
-        f"{settings['train_subset'] or 'all'} training and "
-        f"{settings['val_subset'] or 'all'} validation images, study.seed=0, train.seed=0, {SAMPLER} sampler"
+        f"{settings['train_subset'] or 'all'} training and {settings['val_subset'] or 'all'} validation images, "
+        f"{SAMPLER} sampler, study.seed in {seeds_text}, train.seed {TRAIN_SEED_STRIDE} x study.seed"
     )
     figures = [
         common.Figure(
             NAME,
-            f"epochs trained: default pruner / no pruning (target <= {TARGET_EPOCH_SHARE:.2f})",
-            f"{epoch_share:.2f}",
-            f"{pruned['epochs']} vs {unpruned['epochs']} epochs; default pruner {pruner_text}; {size_text}",
+            f"epochs trained: default pruner / no pruning, mean over seeds (target <= {TARGET_EPOCH_SHARE:.2f})",
+            f"{statistics.mean(shares):.3f}",
+            f"per seed {epochs_text} epochs ({_spread(shares, 3)}); default pruner {pruner_text}; {size_text}",
             status,
         ),
         common.Figure(
             NAME,
-            f"best val_accuracy: no pruning minus default pruner, points (target <= {TARGET_ACCURACY_POINTS})",
-            f"{accuracy_gap:+.2f}",
-            f"best {100 * unpruned['best']:.2f}% without pruning, {100 * pruned['best']:.2f}% with; "
-            f"trial states without {unpruned['states']}, with {pruned['states']}",
+            f"best val_accuracy: no pruning minus default pruner, points, worst seed (target <= {TARGET_ACCURACY_POINTS})",
+            f"{max(gaps):+.2f}",
+            "per seed: " + "; ".join(
+                f"{100 * u['best']:.2f}% without, {100 * p['best']:.2f}% with, states with pruning {p['states']}"
+                for p, u in zip(pruned, unpruned)
+            ),
             status,
         ),
         common.Figure(
             NAME,
-            "wall time: default pruner / no pruning",
-            f"{pruned['wall_s'] / unpruned['wall_s']:.2f}",
-            f"{pruned['wall_s']:.0f} s vs {unpruned['wall_s']:.0f} s, run one after the other; seconds per epoch "
-            f"{pruned['wall_s'] / pruned['epochs']:.2f} with pruning vs {unpruned['wall_s'] / unpruned['epochs']:.2f} "
-            f"without, which includes each trial's fixed cost; {load}",
+            "wall time: default pruner / no pruning, mean over seeds",
+            f"{statistics.mean(walls):.2f}",
+            f"per seed {walls_text}, each pair run one after the other ({_spread(walls, 2)}); {load}",
             status,
         ),
     ]
-
-    curves = [trial["intermediate_values"] for trial in unpruned_child.result["trials"] if trial["state"] == "COMPLETE"]
-    figures += replay_figures(curves, unpruned["epochs"], unpruned["best"], settings["epochs"], status)
+    figures += replay_figures(curve_sets, settings["epochs"], status)
     return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Replay the pruner settings on saved unpruned learning curves.")
+    parser.add_argument("curves", type=Path, help=f"the {CURVES_FILE} that a pruning benchmark run saved")
+    options = parser.parse_args(argv)
+    try:
+        saved = json.loads(options.curves.read_text())
+        curve_sets, epochs = saved["curves"], saved["settings"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"error: {options.curves} is not a saved curves file ({error}); run the pruning benchmark first.", file=sys.stderr)
+        return 2
+
+    for figure in replay_figures(curve_sets, epochs, "replayed"):
+        print(f"{figure.name.removeprefix('replay on the unpruned curves: ')}: {figure.value} ({figure.detail})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

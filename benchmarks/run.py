@@ -97,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data_path = os.path.abspath(options.data)
         data_label = "CIFAR-10"
-    context = common.Context(quick=options.quick, data_path=data_path, data_label=data_label, work_dir=work_dir, log=log)
     output = options.output or (work_dir / "benchmarks.md" if options.quick else DEFAULT_OUTPUT)
     results = options.results or (work_dir / "results.json" if options.quick else DEFAULT_RESULTS)
+    context = common.Context(
+        quick=options.quick, data_path=data_path, data_label=data_label, work_dir=work_dir, log=log,
+        artifact_dir=results.parent,
+    )
 
     machine = common.machine_facts()
     replacements = {data_path: "DATA", str(work_dir): "WORK"}
