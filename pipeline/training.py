@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 # copies them into TensorFlow's memory. Each array is kept too, so its id is not reused.
 _TENSORS: dict[int, Any] = {}
 
+# The arrays as JAX arrays on the default device (the GPU where there is one), put there
+# once per process. Each array is kept too, so its id is not reused.
+_DEVICE_ARRAYS: dict[int, Any] = {}
+
 # Batches the input pipeline prepares ahead of the train step.
 _PREFETCH_BATCHES = 2
 
@@ -120,9 +124,58 @@ def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, buffer: int, seed: i
     )
 
 
+def _device_array(array: np.ndarray) -> Any:
+    import jax
+
+    key = id(array)
+    if key not in _DEVICE_ARRAYS:
+        _DEVICE_ARRAYS[key] = (array, jax.device_put(array))
+    return _DEVICE_ARRAYS[key][1]
+
+
+class DeviceBatches(keras.utils.PyDataset):
+    """Batches gathered by index on the device from arrays that stay there (JAX backend).
+
+    The images are put on the device once per process, so a trial copies only each
+    batch's indices from host memory. The order is a new permutation each epoch, drawn
+    from ``seed``.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> None:
+        super().__init__()
+        self._images, self._labels = _device_array(x), _device_array(y)
+        self._count = len(x)
+        self._batch_size = batch_size
+        self._shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(self._count) if shuffle else np.arange(self._count)
+
+    def __len__(self) -> int:
+        return math.ceil(self._count / self._batch_size)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        import jax.numpy as jnp
+
+        rows = self._order[index * self._batch_size : (index + 1) * self._batch_size]
+        return jnp.take(self._images, rows, axis=0), jnp.take(self._labels, rows, axis=0)
+
+    def on_epoch_end(self) -> None:
+        if self._shuffle:
+            self._order = self._rng.permutation(self._count)
+
+
 def _fit_inputs(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, batch_size: int, buffer: int, seed: int) -> dict:
-    """Return the keyword arguments of ``fit`` for the data, with tf.data on TensorFlow."""
-    if keras.backend.backend() != "tensorflow":
+    """Return the keyword arguments of ``fit`` for the data: tf.data on TensorFlow, device arrays on JAX."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return {
+            "x": DeviceBatches(x, y, batch_size, seed, shuffle=True),
+            "validation_data": DeviceBatches(x_val, y_val, batch_size, seed, shuffle=False),
+        }
+
+    if backend != "tensorflow":
+        # NOTE: the PyTorch backend copies every batch from host memory, and this path has
+        # not been run here.
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True, "validation_data": (x_val, y_val)}
 
     return {

@@ -10,6 +10,7 @@ import pytest
 from conftest import compose_search_config
 from pipeline.config import TrainConfig
 from pipeline.data import Dataset
+from pipeline import training
 from pipeline.training import ModelCache, NonFiniteLossError, StopOnNonFiniteLoss, _batches, fit
 
 IMAGES = 50
@@ -99,3 +100,35 @@ def test_stop_on_non_finite_loss_raises():
     assert raised.value.epoch == 3
     assert raised.value.metric == "val_loss"
 
+
+
+def test_device_batches_cover_each_image_once_per_epoch():
+    pytest.importorskip("jax", reason="device batches need jax; pip install -e '.[test]' brings it")
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    y = np.arange(10)
+    batches = training.DeviceBatches(x, y, batch_size=4, seed=3, shuffle=True)
+
+    first = np.concatenate([np.asarray(batches[index][0])[:, 0] for index in range(len(batches))])
+    batches.on_epoch_end()
+    second = np.concatenate([np.asarray(batches[index][1]) for index in range(len(batches))])
+
+    assert len(batches) == 3
+    assert sorted(first) == list(range(10))
+    assert sorted(second) == list(range(10))
+    assert list(first) != list(second)
+
+
+def test_device_batches_keep_validation_order_and_one_copy():
+    jax = pytest.importorskip("jax", reason="device batches need jax; pip install -e '.[test]' brings it")
+    x = np.arange(6, dtype=np.float32).reshape(6, 1)
+    y = np.arange(6)
+    copies_before = len(training._DEVICE_ARRAYS)
+    first = training.DeviceBatches(x, y, batch_size=4, seed=0, shuffle=False)
+    second = training.DeviceBatches(x, y, batch_size=4, seed=1, shuffle=False)
+
+    images, labels = first[1]
+
+    assert isinstance(images, jax.Array)
+    assert list(np.asarray(labels)) == [4, 5]
+    assert list(np.asarray(second[0][1])) == [0, 1, 2, 3]
+    assert len(training._DEVICE_ARRAYS) == copies_before + 2
