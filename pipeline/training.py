@@ -5,6 +5,7 @@ This module does not use Optuna or MLflow, so callers pass their callbacks in.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -66,6 +67,20 @@ def make_optimizer(train: TrainConfig, learning_rate: float, momentum: float) ->
     raise ValueError(f"train.optimizer must be adam, adamw, sgd or rmsprop but got {train.optimizer!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _steps_per_execution(requested: int) -> int:
+    """Return ``requested``, or 1 on the PyTorch backend, which runs one step per call only; warn once."""
+    if requested == 1 or keras.backend.backend() != "torch":
+        return requested
+
+    logger.warning(
+        "train.steps_per_execution=%d is not supported by Keras on the PyTorch backend; training with 1. "
+        "Set train.steps_per_execution=1 to silence this warning.",
+        requested,
+    )
+    return 1
+
+
 def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: float, momentum: float) -> None:
     """Compile ``model`` once; on later trials zero the optimizer state and set the learning rate.
 
@@ -73,7 +88,8 @@ def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: flo
     every traced function until the process ends. Momentum is a constant of the traced
     step, so a different momentum compiles again.
     """
-    key = (train.optimizer, momentum, train.jit_compile, train.steps_per_execution)
+    steps_per_execution = _steps_per_execution(train.steps_per_execution)
+    key = (train.optimizer, momentum, train.jit_compile, steps_per_execution)
     if getattr(model, "_pipeline_compile_key", None) == key and model.optimizer.built:
         for variable in model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
@@ -85,7 +101,7 @@ def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: flo
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=train.jit_compile,
-        steps_per_execution=train.steps_per_execution,
+        steps_per_execution=steps_per_execution,
     )
     model._pipeline_compile_key = key
 

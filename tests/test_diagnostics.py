@@ -329,11 +329,18 @@ def _probe_on_backend(backend: str, folder) -> list:
     return json.loads(result.read_text())
 
 
-def test_measure_signal_jax_matches_tensorflow(tmp_path):
-    pytest.importorskip("jax", reason="the JAX backend needs jax; pip install -e '.[test]' brings it")
+@pytest.mark.parametrize(
+    ("backend", "reason"),
+    [
+        ("jax", "the JAX backend needs jax; pip install -e '.[test]' brings it"),
+        ("torch", "the PyTorch backend needs torch, which the test extra leaves out because of its size"),
+    ],
+)
+def test_measure_signal_backend_matches_tensorflow(tmp_path, backend, reason):
+    pytest.importorskip(backend, reason=reason)
 
     tensorflow_values = _probe_on_backend("tensorflow", tmp_path)
-    jax_values = _probe_on_backend("jax", tmp_path)
+    backend_values = _probe_on_backend(backend, tmp_path)
 
-    assert all(math.isfinite(gradient) and gradient > 0 for _, gradient in jax_values)
-    np.testing.assert_allclose(jax_values, tensorflow_values, rtol=1e-3)
+    assert all(math.isfinite(gradient) and gradient > 0 for _, gradient in backend_values)
+    np.testing.assert_allclose(backend_values, tensorflow_values, rtol=1e-3)

@@ -325,23 +325,32 @@ def test_search_command_reports_user_error(tmp_path):
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
 
 
-def test_search_runs_on_jax_backend(tmp_path, colour_tree):
-    pytest.importorskip("jax", reason="the JAX backend needs jax; pip install -e '.[test]' brings it")
+@pytest.mark.parametrize(
+    ("backend", "reason"),
+    [
+        ("jax", "the JAX backend needs jax; pip install -e '.[test]' brings it"),
+        ("torch", "the PyTorch backend needs torch, which the test extra leaves out because of its size"),
+    ],
+)
+def test_search_runs_on_other_backend(tmp_path, colour_tree, backend, reason):
+    pytest.importorskip(backend, reason=reason)
 
+    # The default steps_per_execution of 8 also checks the fallback to 1 on PyTorch.
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.search", f"data.path={colour_tree}", "data.validation_fraction=0.25",
-         "train.batch_size=8", "train.epochs=2", "study.n_trials=2", "study.name=jax", "study.pruner=none"],
+         "train.batch_size=8", "train.epochs=2", "study.n_trials=2", f"study.name={backend}", "study.pruner=none"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": REPOSITORY, "KERAS_BACKEND": "jax"},
+        env={**os.environ, "PYTHONPATH": REPOSITORY, "KERAS_BACKEND": backend},
     )
 
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Keras backend jax" in result.stdout + result.stderr
-    study = optuna.load_study(study_name="jax", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    assert f"Keras backend {backend}" in result.stdout + result.stderr
+    assert ("training with 1" in result.stdout + result.stderr) is (backend == "torch")
+    study = optuna.load_study(study_name=backend, storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
     for trial in study.trials:
         assert sorted(trial.intermediate_values) == [0, 1]
-    _, parents, runs = mlflow_runs(tmp_path, "jax")
+    _, parents, runs = mlflow_runs(tmp_path, backend)
     assert len(parents) == 1
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     for run in runs:
