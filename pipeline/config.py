@@ -94,13 +94,13 @@ class StudyConfig:
     name: str = MISSING
     storage: str = "sqlite:///mlruns/optuna.db"
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "percentile"
     seed: int = 0
     n_trials: Optional[int] = 20
     timeout: Optional[float] = None
     n_startup_trials: int = 5
     n_warmup_steps: int = 0
-    percentile: float = 50.0
+    percentile: float = 25.0
     tpe_startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3

@@ -29,6 +29,7 @@ def test_compose_defaults():
     assert config.tracking.uri == "sqlite:///mlruns/mlflow.db"
     assert config.data.path is None
     assert config.space == "default"
+    assert (config.study.pruner, config.study.percentile, config.study.n_startup_trials) == ("percentile", 25.0, 5)
     validate(config)
 
 

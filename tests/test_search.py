@@ -22,7 +22,7 @@ SEED_CNN_KERNELS = ("conv1", "conv2", "dense1", "output")
 GOOD = {f"{layer}.kernel_initializer": "he_normal" for layer in SEED_CNN_KERNELS}
 GOOD_TOO = {f"{layer}.kernel_initializer": "glorot_uniform" for layer in SEED_CNN_KERNELS}
 # All-zero kernels give every image the same output, so validation accuracy stays at
-# chance (0.1 on balanced data) and the median pruner stops the trial after one epoch.
+# chance (0.1 on balanced data) and the default pruner stops the trial after one epoch.
 DEAD = {f"{layer}.kernel_initializer": "zeros" for layer in SEED_CNN_KERNELS}
 
 
