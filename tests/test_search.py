@@ -335,10 +335,11 @@ def test_search_command_reports_user_error(tmp_path):
 def test_search_runs_on_other_backend(tmp_path, colour_tree, backend, reason):
     pytest.importorskip(backend, reason=reason)
 
-    # The default steps_per_execution of 8 also checks the fallback to 1 on PyTorch.
+    # steps_per_execution=8 also checks the fallback to 1 on PyTorch.
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.search", f"data.path={colour_tree}", "data.validation_fraction=0.25",
-         "train.batch_size=8", "train.epochs=2", "study.n_trials=2", f"study.name={backend}", "study.pruner=none"],
+         "train.batch_size=8", "train.epochs=2", "train.steps_per_execution=8", "study.n_trials=2",
+         f"study.name={backend}", "study.pruner=none"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": REPOSITORY, "KERAS_BACKEND": backend},
     )
