@@ -241,15 +241,41 @@ def run(context: common.Context) -> list[common.Figure]:
     return figures
 
 
+def load_curves(path: Path) -> tuple[list[list[list[float]]], int]:
+    """Read a saved curves file; raise ValueError naming the first part that has the wrong shape."""
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+        raise ValueError('expected a JSON object with "settings" and "curves"')
+
+    epochs = saved["settings"].get("epochs")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"settings.epochs must be a positive integer but got {epochs!r}")
+
+    curve_sets = saved.get("curves")
+    if not isinstance(curve_sets, list) or not curve_sets:
+        raise ValueError("curves must be a non-empty list with one list of curves per seed")
+
+    for seed_index, curves in enumerate(curve_sets):
+        if not isinstance(curves, list) or not curves:
+            raise ValueError(f"curves[{seed_index}] must be a non-empty list of learning curves")
+        for curve in curves:
+            if not isinstance(curve, list) or not curve or not all(isinstance(value, (int, float)) for value in curve):
+                raise ValueError(f"curves[{seed_index}] holds {curve!r}, which is not a non-empty list of numbers")
+    return curve_sets, epochs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Replay the pruner settings on saved unpruned learning curves.")
     parser.add_argument("curves", type=Path, help=f"the {CURVES_FILE} that a pruning benchmark run saved")
     options = parser.parse_args(argv)
     try:
-        saved = json.loads(options.curves.read_text())
-        curve_sets, epochs = saved["curves"], saved["settings"]["epochs"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"error: {options.curves} is not a saved curves file ({error}); run the pruning benchmark first.", file=sys.stderr)
+        curve_sets, epochs = load_curves(options.curves)
+    except (OSError, ValueError) as error:
+        print(
+            f"error: {options.curves} is not a saved curves file: {error}. Write one with "
+            f"python -m benchmarks.run --data DATA --only pruning, which saves benchmarks/{CURVES_FILE}.",
+            file=sys.stderr,
+        )
         return 2
 
     for figure in replay_figures(curve_sets, epochs, "replayed"):

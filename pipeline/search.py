@@ -145,7 +145,27 @@ def _optimize(config: SearchConfig, study: optuna.Study, objective, gate, recove
 
 
 def run_search(config: SearchConfig, resolved: dict) -> int:
-    """Run the study that ``config`` describes and return the exit code."""
+    """Run the study that ``config`` describes and return the exit code.
+
+    Stop signals are handled from the first store write on. One that arrives before
+    the trials ends the run before any trial starts, and one that arrives after the
+    last trial gives its exit code once the records are closed.
+    """
+    storage_url, space, dataset = _prepare(config)
+    signals = StopSignals()
+    signals.install()
+    try:
+        exit_code = _run_study(config, resolved, storage_url, space, dataset, signals)
+    finally:
+        signals.restore()
+    if exit_code == 0 and signals.pending is not None:
+        return 128 + signals.pending
+
+    return exit_code
+
+
+def _run_study(config: SearchConfig, resolved: dict, storage_url: str, space, dataset, signals: StopSignals) -> int:
+    """Open the stores, run the trials and close the study's records, with ``signals`` installed."""
     from pipeline import space as space_module
     from pipeline import study as study_module
     from pipeline import workers
@@ -154,7 +174,6 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
     from pipeline.reports import log_study_report
     from pipeline.tracking import Tracker
 
-    storage_url, space, dataset = _prepare(config)
     retry = config.study.retry_lost_trials
     try:
         gate = workers.TrialGate(storage_url, config.study.name)
@@ -181,9 +200,7 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
         "unlimited" if config.study.n_trials is None else config.study.n_trials, parent_id,
     )
 
-    signals = StopSignals()
     objective = Objective(config, dataset, space, tracker, parent_id, on_trial_start=gate.release, signals=signals)
-    signals.install()
     status = "FINISHED"
     exit_code = 0
     started = time.monotonic()
@@ -195,7 +212,6 @@ def run_search(config: SearchConfig, resolved: dict) -> int:
         exit_code = 128 + interruption.signal_number
         logger.warning("stopped by %s; a trial that was running is recorded as FAIL in Optuna and MLflow", interruption)
     finally:
-        signals.restore()
         metrics, tags = _summary(study)
         metrics["run_wall_time_s"] = time.monotonic() - started
         tracker.end_parent(parent_id, metrics, tags, status)

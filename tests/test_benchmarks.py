@@ -132,3 +132,31 @@ def test_throughput_order_brackets_settings_with_reference():
 def test_spread_percent():
     assert common.spread_percent([9.0, 11.0]) == pytest.approx(20.0)
     assert math.isnan(common.spread_percent([1.0]))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "Expecting value"),
+        ("[1, 2]", 'expected a JSON object with "settings" and "curves"'),
+        ('{"settings": {"epochs": 2}, "curves": 5}', "curves must be a non-empty list"),
+        ('{"settings": {"epochs": 2}, "curves": [[["x"]]]}', "is not a non-empty list of numbers"),
+        ('{"settings": {}, "curves": [[[0.1, 0.2]]]}', "settings.epochs must be a positive integer"),
+    ],
+)
+def test_pruning_replay_rejects_bad_curves_file(tmp_path, capsys, content, expected):
+    path = tmp_path / "curves.json"
+    path.write_text(content)
+
+    assert pruning.main([str(path)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_pruning_replay_prints_one_line_per_setting(tmp_path, capsys):
+    path = tmp_path / "curves.json"
+    path.write_text(json.dumps({"settings": {"epochs": 2}, "curves": [[[0.5, 0.6], [0.5, 0.6], [0.1, 0.1]]]}))
+
+    assert pruning.main([str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(pruning.replay_settings(2))
+    assert lines[0].startswith("median, n_startup_trials=2, n_warmup_steps=0: epochs ")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -420,3 +422,34 @@ def test_search_multirun_one_study_per_model(tmp_path, colour_tree):
         config = client.download_artifacts(parents[0].info.run_id, "config.yaml", str(tmp_path / name))
         assert yaml.safe_load(open(config))["model"]["name"] == name.split("-", 1)[1]
     assert (tmp_path / "mlruns" / "hydra").is_dir()
+
+
+class _SignalOnRecord(logging.Handler):
+    """Sends SIGINT to this process when a log message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_search_signal_during_setup_ends_before_trials(workdir, colour_tree, caplog):
+    hook = _SignalOnRecord("worker ")
+    logger = logging.getLogger("pipeline.search")
+    logger.addHandler(hook)
+    try:
+        with caplog.at_level("INFO", logger="pipeline.search"):
+            exit_code = run([f"data.path={colour_tree}", "data.validation_fraction=0.25", "train.batch_size=16",
+                             "train.epochs=1", "study.name=setup-stop", "study.n_trials=2"])
+    finally:
+        logger.removeHandler(hook)
+
+    assert exit_code == 130
+    assert optuna.load_study(study_name="setup-stop", storage=f"sqlite:///{workdir}/mlruns/optuna.db").trials == []
+    _, parents, trials = mlflow_runs(workdir, "setup-stop")
+    assert [parent.info.status for parent in parents] == ["KILLED"]
+    assert trials == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
