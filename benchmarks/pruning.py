@@ -146,13 +146,13 @@ def replay_figures(curve_sets: Sequence[list[list[float]]], epochs: int, status:
     The value is the mean share of epochs over the seeds and the most best-accuracy
     points lost on any seed.
     """
+    # A pruner keeps state between trials, so each curve set gets its own pruners.
+    settings_per_set = [replay_settings(epochs) for _ in curve_sets]
     figures = []
-    for label, _ in replay_settings(epochs):
+    for index, (label, _) in enumerate(settings_per_set[0]):
         shares, losses = [], []
-        for curves in curve_sets:
-            # A pruner keeps state between trials, so each curve set gets a new one.
-            pruner = dict(replay_settings(epochs))[label]
-            replay = replay_pruner(curves, pruner)
+        for curves, settings in zip(curve_sets, settings_per_set):
+            replay = replay_pruner(curves, settings[index][1])
             unpruned_epochs = sum(len(curve) for curve in curves)
             shares.append(replay["epochs"] / unpruned_epochs)
             losses.append(100 * (max(curve[-1] for curve in curves) - replay["best"]))
@@ -260,7 +260,7 @@ def load_curves(path: Path) -> tuple[list[list[list[float]]], int]:
             raise ValueError(f"curves[{seed_index}] must be a non-empty list of learning curves")
         for curve in curves:
             if not isinstance(curve, list) or not curve or not all(isinstance(value, (int, float)) for value in curve):
-                raise ValueError(f"curves[{seed_index}] holds {curve!r}, which is not a non-empty list of numbers")
+                raise ValueError(f"curves[{seed_index}] contains {curve!r}, but each curve must be a non-empty list of numbers")
     return curve_sets, epochs
 
 

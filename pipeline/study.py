@@ -95,8 +95,8 @@ def create_storage(
                 heartbeat_interval=config.heartbeat_interval if config else None,
                 grace_period=config.grace_period if config else None,
                 heartbeat_stale_trial_callback=stale_trial_callback,
-                # A stop signal that cut a write short once kept the database locked past this
-                # timeout; pipeline.interrupts now raises only outside storage writes.
+                # A stop signal that cuts a write short keeps the database locked past any
+                # timeout, so pipeline.interrupts raises only outside storage writes.
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
     except Exception as error:  # SQLAlchemy raises driver-specific types for one cause.

@@ -106,13 +106,18 @@ def _compile_or_reset(model: keras.Model, train: TrainConfig, learning_rate: flo
     model._pipeline_compile_key = key
 
 
+def _converted_once(cache: dict[int, Any], array: np.ndarray, convert: Any) -> Any:
+    """Return ``convert(array)``, made on the first call for this array and kept in ``cache``."""
+    key = id(array)
+    if key not in cache:
+        cache[key] = (array, convert(array))
+    return cache[key][1]
+
+
 def _tensor(array: np.ndarray) -> Any:
     import tensorflow as tf
 
-    key = id(array)
-    if key not in _TENSORS:
-        _TENSORS[key] = (array, tf.constant(array))
-    return _TENSORS[key][1]
+    return _converted_once(_TENSORS, array, tf.constant)
 
 
 def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, buffer: int, seed: int, shuffle: bool) -> Any:
@@ -143,10 +148,7 @@ def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, buffer: int, seed: i
 def _device_array(array: np.ndarray) -> Any:
     import jax
 
-    key = id(array)
-    if key not in _DEVICE_ARRAYS:
-        _DEVICE_ARRAYS[key] = (array, jax.device_put(array))
-    return _DEVICE_ARRAYS[key][1]
+    return _converted_once(_DEVICE_ARRAYS, array, jax.device_put)
 
 
 class DeviceBatches(keras.utils.PyDataset):

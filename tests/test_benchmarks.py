@@ -140,7 +140,7 @@ def test_spread_percent():
         ("", "Expecting value"),
         ("[1, 2]", 'expected a JSON object with "settings" and "curves"'),
         ('{"settings": {"epochs": 2}, "curves": 5}', "curves must be a non-empty list"),
-        ('{"settings": {"epochs": 2}, "curves": [[["x"]]]}', "is not a non-empty list of numbers"),
+        ('{"settings": {"epochs": 2}, "curves": [[["x"]]]}', "each curve must be a non-empty list of numbers"),
         ('{"settings": {}, "curves": [[[0.1, 0.2]]]}', "settings.epochs must be a positive integer"),
     ],
 )
